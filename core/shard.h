@@ -1,0 +1,97 @@
+/*
+ * shard: one single-owner hash table of the keyspace.
+ *
+ * Exactly one thread (the worker that owns the shard) calls any function here, except
+ * shard_count(), shard_expires() and shard_mem(), which other threads may call at any time
+ * for statistics (relaxed atomic loads of counters the owner writes with relaxed stores).
+ *
+ * Keys hash with XXH3-64 (kv_hash).  The caller computes the hash once: its top bits pick the
+ * shard (see kv_shard_of), its low bits the bucket here.  Every call that takes a key takes
+ * its hash too and must be given the same hash for the same key.
+ *
+ * The table is open addressing with a one-byte tag per slot (7 hash bits plus "occupied"),
+ * probed linearly, and resized incrementally: when it grows, a second table is allocated
+ * and each later operation moves a bounded number of slots across, so no single operation
+ * ever pays for a whole-table rehash.
+ *
+ * Entries: a key, a value and an optional absolute expiry deadline (ms since the epoch)
+ * packed into one allocation.  The shard owns the entries stored in it; a pointer returned
+ * by a lookup stays valid until the next call that modifies this shard.
+ *
+ * Expiry is not applied here: shard_get returns an entry whatever its deadline.  Lazy expiry
+ * is the commands' job (core/keyspace.h); active expiry is shard_expire_step.
+ */
+#ifndef RK_SHARD_H
+#define RK_SHARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kv_entry; /* opaque: use the accessors */
+struct shard;    /* opaque */
+
+#define KV_NO_EXPIRE (-1)
+
+uint64_t kv_hash(const char *key, size_t klen);
+/* The shard index of a hash when there are (1 << shard_bits) shards: the top bits. */
+static inline uint32_t kv_shard_of(uint64_t hash, unsigned shard_bits)
+{
+    return shard_bits ? (uint32_t)(hash >> (64 - shard_bits)) : 0;
+}
+
+/* A new entry holding copies of key and val.  expire_ms is an absolute deadline in ms, or
+ * KV_NO_EXPIRE. */
+struct kv_entry *kv_entry_new(const char *key, size_t klen, const char *val, size_t vlen,
+                              int64_t expire_ms);
+void kv_entry_free(struct kv_entry *e);
+const char *kv_entry_key(const struct kv_entry *e, size_t *klen);
+const char *kv_entry_val(const struct kv_entry *e, size_t *vlen);
+int64_t kv_entry_expire(const struct kv_entry *e); /* KV_NO_EXPIRE when none */
+/* Bytes this entry takes in memory, allocator overhead included (malloc_usable_size). */
+size_t kv_entry_mem(const struct kv_entry *e);
+
+struct shard *shard_new(void);
+void shard_free(struct shard *s); /* frees every entry */
+
+/* The entry for key, or NULL.  Ignores expiry. */
+struct kv_entry *shard_get(struct shard *s, uint64_t hash, const char *key, size_t klen);
+/* Insert e, or replace the entry with the same key (the old one is freed).  Takes ownership
+ * of e.  hash is the hash of e's key. */
+void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e);
+/* Remove and free the entry for key.  Returns 1 if there was one, 0 if not. */
+int shard_del(struct shard *s, uint64_t hash, const char *key, size_t klen);
+/* Remove and free every entry; the table shrinks back to its initial size. */
+void shard_flush(struct shard *s);
+
+size_t shard_count(const struct shard *s);   /* live entries (expired but not yet removed too) */
+size_t shard_expires(const struct shard *s); /* entries with a deadline */
+size_t shard_mem(const struct shard *s);     /* bytes: entries plus tables */
+
+typedef void shard_visit_fn(void *arg, const struct kv_entry *e);
+
+/*
+ * Incremental scan, with SCAN's guarantee: a full iteration (cursor 0 back to 0) visits every
+ * entry that was present for the whole iteration at least once, even if the table grew or
+ * shrank in between; entries may be visited more than once.  Visits at least one home bucket
+ * and, when count > 0, keeps going until about count entries were visited.  Returns the next
+ * cursor; 0 when the iteration is complete.  Cursors are below 2^48.
+ */
+uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_fn *fn,
+                    void *arg);
+/* Visit every entry (whole table; for DEBUG DIGEST and KEYS). fn must not modify the shard. */
+void shard_foreach(struct shard *s, shard_visit_fn *fn, void *arg);
+/* A random entry, or NULL when the shard is empty.  rnd is a random 64-bit number. */
+struct kv_entry *shard_random(struct shard *s, uint64_t rnd);
+
+/*
+ * Active expiry: look at up to budget slots from an internal cursor, and remove and free the
+ * entries whose deadline is <= now_ms, calling on_expire (may be NULL) for each just before
+ * it is freed.  Returns the number removed.  Bounded work: O(budget).
+ */
+size_t shard_expire_step(struct shard *s, int64_t now_ms, size_t budget, shard_visit_fn *on_expire,
+                         void *arg);
+/* Move up to budget slots of an incremental resize in progress; returns 1 if a resize is
+ * still in progress afterwards, 0 if not.  The worker calls it when idle. */
+int shard_rehash_step(struct shard *s, size_t budget);
+
+#endif

@@ -1,0 +1,904 @@
+/*
+ * Tests for core/shard: entries, the keyed operations, incremental resizing (grow, same-size
+ * rebuild, shrink) seen only through the API, expiry, SCAN's guarantee across resizes,
+ * foreach, random and the counters.  shard_rehash_step(s, 0) moves nothing and tells whether
+ * a resize is in progress, which is how the tests know they are checking mid-resize.
+ */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/shard.h"
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
+
+static uint64_t rng(void)
+{
+    uint64_t x = rng_state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return rng_state = x;
+}
+
+static size_t key_of(char *buf, unsigned i)
+{
+    return (size_t)sprintf(buf, "key:%u", i);
+}
+
+static size_t val_of(char *buf, unsigned i)
+{
+    return (size_t)sprintf(buf, "value-%u-xyz", i * 7u);
+}
+
+static void put_i(struct shard *s, unsigned i, int64_t expire)
+{
+    char k[32], v[32];
+    size_t kl = key_of(k, i), vl = val_of(v, i);
+    shard_put(s, kv_hash(k, kl), kv_entry_new(k, kl, v, vl, expire));
+}
+
+static struct kv_entry *get_i(struct shard *s, unsigned i)
+{
+    char k[32];
+    size_t kl = key_of(k, i);
+    return shard_get(s, kv_hash(k, kl), k, kl);
+}
+
+static int del_i(struct shard *s, unsigned i)
+{
+    char k[32];
+    size_t kl = key_of(k, i);
+    return shard_del(s, kv_hash(k, kl), k, kl);
+}
+
+/* get_i, and check that the entry is key i with i's value. */
+static bool has_i(struct shard *s, unsigned i)
+{
+    struct kv_entry *e = get_i(s, i);
+    if (!e)
+        return false;
+    char k[32], v[32];
+    size_t kl = key_of(k, i), vl = val_of(v, i), ekl, evl;
+    const char *ek = kv_entry_key(e, &ekl);
+    const char *ev = kv_entry_val(e, &evl);
+    cr_assert_eq(ekl, kl);
+    cr_assert(memcmp(ek, k, kl) == 0);
+    cr_assert_eq(evl, vl);
+    cr_assert(memcmp(ev, v, vl) == 0);
+    return true;
+}
+
+/* Key index of an entry made by put_i. */
+static unsigned idx_of(const struct kv_entry *e)
+{
+    size_t kl;
+    const char *k = kv_entry_key(e, &kl);
+    char buf[32];
+    cr_assert(kl > 4 && kl < sizeof(buf) && memcmp(k, "key:", 4) == 0);
+    memcpy(buf, k, kl);
+    buf[kl] = 0;
+    return (unsigned)strtoul(buf + 4, NULL, 10);
+}
+
+static bool in_resize(struct shard *s)
+{
+    return shard_rehash_step(s, 0) == 1;
+}
+
+/* A visit callback counting how often each key index was seen. */
+struct seen {
+    unsigned *hits;
+    unsigned n;
+    size_t calls;
+};
+
+static void count_visit(void *arg, const struct kv_entry *e)
+{
+    struct seen *sn = arg;
+    unsigned i = idx_of(e);
+    cr_assert_lt(i, sn->n);
+    sn->hits[i]++;
+    sn->calls++;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+Test(shard, entry_accessors)
+{
+    struct kv_entry *e = kv_entry_new("foo", 3, "barbaz", 6, KV_NO_EXPIRE);
+    size_t kl, vl;
+    cr_assert(memcmp(kv_entry_key(e, &kl), "foo", 3) == 0);
+    cr_assert_eq(kl, 3);
+    cr_assert(memcmp(kv_entry_val(e, &vl), "barbaz", 6) == 0);
+    cr_assert_eq(vl, 6);
+    cr_assert_eq(kv_entry_expire(e), KV_NO_EXPIRE);
+    cr_assert_geq(kv_entry_mem(e), 1 + 3 + 6);
+    kv_entry_free(e);
+
+    e = kv_entry_new("k", 1, "v", 1, 1234567890123LL);
+    cr_assert_eq(kv_entry_expire(e), 1234567890123LL);
+    cr_assert(memcmp(kv_entry_key(e, &kl), "k", 1) == 0 && kl == 1);
+    cr_assert(memcmp(kv_entry_val(e, &vl), "v", 1) == 0 && vl == 1);
+    kv_entry_free(e);
+
+    e = kv_entry_new("k", 1, "v", 1, 0); /* 0 is a deadline, not "none" */
+    cr_assert_eq(kv_entry_expire(e), 0);
+    kv_entry_free(e);
+
+    e = kv_entry_new(NULL, 0, NULL, 0, KV_NO_EXPIRE);
+    kv_entry_key(e, &kl);
+    kv_entry_val(e, &vl);
+    cr_assert_eq(kl, 0);
+    cr_assert_eq(vl, 0);
+    kv_entry_free(e);
+
+    e = kv_entry_new("", 0, "x", 1, 42);
+    cr_assert_eq(kv_entry_expire(e), 42);
+    cr_assert_eq(*kv_entry_val(e, &vl), 'x');
+    cr_assert_eq(vl, 1);
+    kv_entry_free(e);
+
+    /* Multi-byte length varints: a 300-byte key and a 1 MiB value. */
+    size_t big = 1u << 20;
+    char *v = malloc(big);
+    char key[300];
+    for (size_t i = 0; i < big; i++)
+        v[i] = (char)(i * 131 + 7);
+    for (size_t i = 0; i < sizeof(key); i++)
+        key[i] = (char)('a' + i % 26);
+    e = kv_entry_new(key, sizeof(key), v, big, 99);
+    const char *ek = kv_entry_key(e, &kl);
+    const char *ev = kv_entry_val(e, &vl);
+    cr_assert_eq(kl, sizeof(key));
+    cr_assert(memcmp(ek, key, kl) == 0);
+    cr_assert_eq(vl, big);
+    cr_assert(memcmp(ev, v, big) == 0);
+    cr_assert_eq(kv_entry_expire(e), 99);
+    cr_assert_geq(kv_entry_mem(e), big + sizeof(key));
+
+    struct shard *s = shard_new();
+    shard_put(s, kv_hash(key, sizeof(key)), e);
+    struct kv_entry *g = shard_get(s, kv_hash(key, sizeof(key)), key, sizeof(key));
+    cr_assert_eq(g, e);
+    cr_assert_geq(shard_mem(s), big);
+    shard_free(s);
+    free(v);
+}
+
+Test(shard, put_get_replace_del)
+{
+    struct shard *s = shard_new();
+    cr_assert_eq(shard_count(s), 0);
+    cr_assert_null(shard_get(s, kv_hash("a", 1), "a", 1));
+    cr_assert_eq(shard_del(s, kv_hash("a", 1), "a", 1), 0);
+
+    shard_put(s, kv_hash("a", 1), kv_entry_new("a", 1, "1", 1, KV_NO_EXPIRE));
+    shard_put(s, kv_hash("b", 1), kv_entry_new("b", 1, "2", 1, KV_NO_EXPIRE));
+    shard_put(s, kv_hash("", 0), kv_entry_new("", 0, "", 0, KV_NO_EXPIRE));
+    cr_assert_eq(shard_count(s), 3);
+
+    size_t vl;
+    struct kv_entry *e = shard_get(s, kv_hash("a", 1), "a", 1);
+    cr_assert_not_null(e);
+    cr_assert_eq(*kv_entry_val(e, &vl), '1');
+    e = shard_get(s, kv_hash("", 0), "", 0);
+    cr_assert_not_null(e);
+    kv_entry_val(e, &vl);
+    cr_assert_eq(vl, 0);
+    /* Same hash, different key: must not match. */
+    cr_assert_null(shard_get(s, kv_hash("a", 1), "ab", 2));
+    cr_assert_null(shard_get(s, kv_hash("a", 1), "b", 1));
+
+    /* Replace: count unchanged, new value visible. */
+    shard_put(s, kv_hash("a", 1), kv_entry_new("a", 1, "one", 3, KV_NO_EXPIRE));
+    cr_assert_eq(shard_count(s), 3);
+    e = shard_get(s, kv_hash("a", 1), "a", 1);
+    cr_assert(memcmp(kv_entry_val(e, &vl), "one", 3) == 0 && vl == 3);
+
+    cr_assert_eq(shard_del(s, kv_hash("a", 1), "a", 1), 1);
+    cr_assert_eq(shard_del(s, kv_hash("a", 1), "a", 1), 0);
+    cr_assert_null(shard_get(s, kv_hash("a", 1), "a", 1));
+    cr_assert_not_null(shard_get(s, kv_hash("b", 1), "b", 1));
+    cr_assert_eq(shard_count(s), 2);
+    cr_assert_eq(shard_del(s, kv_hash("", 0), "", 0), 1);
+    cr_assert_eq(shard_count(s), 1);
+    shard_free(s);
+}
+
+Test(shard, counters)
+{
+    struct shard *s = shard_new();
+    size_t base = shard_mem(s);
+    cr_assert_gt(base, 0);
+
+    put_i(s, 1, KV_NO_EXPIRE);
+    put_i(s, 2, 5000);
+    cr_assert_eq(shard_count(s), 2);
+    cr_assert_eq(shard_expires(s), 1);
+    size_t m2 = shard_mem(s);
+    cr_assert_gt(m2, base);
+    struct kv_entry *e1 = get_i(s, 1), *e2 = get_i(s, 2);
+    cr_assert_eq(m2, base + kv_entry_mem(e1) + kv_entry_mem(e2));
+
+    put_i(s, 2, KV_NO_EXPIRE); /* replacing drops the deadline */
+    cr_assert_eq(shard_expires(s), 0);
+    put_i(s, 1, 7000); /* and this adds one */
+    cr_assert_eq(shard_expires(s), 1);
+    cr_assert_eq(shard_count(s), 2);
+
+    cr_assert_eq(del_i(s, 1), 1);
+    cr_assert_eq(shard_expires(s), 0);
+    cr_assert_eq(shard_count(s), 1);
+    cr_assert_eq(del_i(s, 2), 1);
+    cr_assert_eq(shard_count(s), 0);
+    cr_assert_eq(shard_mem(s), base);
+
+    for (unsigned i = 0; i < 5000; i++)
+        put_i(s, i, i % 2 ? 100 : KV_NO_EXPIRE);
+    cr_assert_eq(shard_count(s), 5000);
+    cr_assert_eq(shard_expires(s), 2500);
+    cr_assert_gt(shard_mem(s), base + 5000 * 24);
+    shard_flush(s);
+    cr_assert_eq(shard_count(s), 0);
+    cr_assert_eq(shard_expires(s), 0);
+    cr_assert_eq(shard_mem(s), base);
+    shard_free(s);
+}
+
+Test(shard, many_keys_lookups_during_resize)
+{
+    enum { N = 200000 };
+    struct shard *s = shard_new();
+    unsigned resizes = 0, puts_in_resize = 0;
+    bool was = false;
+
+    for (unsigned i = 0; i < N; i++) {
+        put_i(s, i, KV_NO_EXPIRE);
+        bool now = in_resize(s);
+        if (now) {
+            puts_in_resize++;
+            cr_assert(has_i(s, i));
+            cr_assert(has_i(s, (unsigned)(rng() % (i + 1))));
+            cr_assert(!has_i(s, N + i)); /* a miss checks both tables */
+        }
+        if (now && !was) {
+            /* A resize just began: every key must still be found, and these lookups drive
+             * the migration along while we check. */
+            resizes++;
+            for (unsigned j = 0; j <= i; j++)
+                cr_assert(has_i(s, j), "key %u lost at resize %u (n=%u)", j, resizes, i + 1);
+        }
+        was = now;
+        cr_assert_eq(shard_count(s), i + 1);
+    }
+    cr_assert_geq(resizes, 10, "only %u resizes for %u keys", resizes, N);
+    cr_assert_gt(puts_in_resize, 0);
+    while (shard_rehash_step(s, 1000))
+        ;
+    for (unsigned j = 0; j < N; j++)
+        cr_assert(has_i(s, j));
+    shard_free(s);
+}
+
+Test(shard, deletes_and_replaces_during_resize)
+{
+    struct shard *s = shard_new();
+    unsigned n = 0;
+    /* Grow past a few resizes, then stop right after one begins. */
+    while (n < 3000 || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    cr_assert(in_resize(s));
+
+    /* Replace some keys (most still in the old table) and delete others, mid-resize. */
+    unsigned mid_ops = 0;
+    for (unsigned i = 0; i < n; i += 3) {
+        if (in_resize(s))
+            mid_ops++;
+        cr_assert_eq(del_i(s, i), 1);
+        cr_assert_eq(del_i(s, i), 0);
+    }
+    cr_assert_gt(mid_ops, 10);
+    for (unsigned i = 1; i < n; i += 3) {
+        char k[32];
+        size_t kl = key_of(k, i);
+        shard_put(s, kv_hash(k, kl), kv_entry_new(k, kl, "new", 3, KV_NO_EXPIRE));
+    }
+    unsigned live = n - (n + 2) / 3;
+    cr_assert_eq(shard_count(s), live);
+    for (unsigned i = 0; i < n; i++) {
+        struct kv_entry *e = get_i(s, i);
+        if (i % 3 == 0) {
+            cr_assert_null(e);
+        } else if (i % 3 == 1) {
+            size_t vl;
+            cr_assert_not_null(e);
+            cr_assert(memcmp(kv_entry_val(e, &vl), "new", 3) == 0 && vl == 3);
+        } else {
+            cr_assert(has_i(s, i));
+        }
+    }
+    while (shard_rehash_step(s, 7))
+        ;
+    cr_assert_eq(shard_count(s), live);
+    for (unsigned i = 0; i < n; i++)
+        cr_assert_eq(get_i(s, i) != NULL, i % 3 != 0);
+    shard_free(s);
+}
+
+Test(shard, tombstone_churn_stays_bounded)
+{
+    enum { WIN = 100, ROUNDS = 300000 };
+    struct shard *s = shard_new();
+    size_t peak = 0;
+    for (unsigned i = 0; i < ROUNDS; i++) {
+        put_i(s, i, KV_NO_EXPIRE);
+        if (i >= WIN) {
+            /* Delete a random key of the window, so deletes land mid-run and leave
+             * tombstones, then the oldest one. */
+            unsigned lo = i - WIN, r = lo + (unsigned)(rng() % WIN);
+            del_i(s, r);
+            del_i(s, lo);
+        }
+        if (i > 10000 && shard_mem(s) > peak)
+            peak = shard_mem(s);
+        if (i % 997 == 0) {
+            cr_assert(has_i(s, i));
+            cr_assert_null(get_i(s, i - (i >= WIN ? WIN : 0) - 1));
+        }
+    }
+    cr_assert_leq(shard_count(s), WIN);
+    cr_assert_gt(shard_count(s), WIN / 3);
+    /* About 100 entries of ~48 bytes; the table must not have grown with the churn. */
+    cr_assert_lt(peak, 64 * 1024, "memory grew with churn: %zu bytes", peak);
+    for (unsigned i = ROUNDS - WIN; i < ROUNDS; i++) {
+        struct kv_entry *e = get_i(s, i);
+        if (e)
+            cr_assert(has_i(s, i));
+    }
+    shard_free(s);
+}
+
+/* Sum of kv_entry_mem over the live entries, to tell table bytes apart in shard_mem. */
+static void sum_mem(void *arg, const struct kv_entry *e)
+{
+    *(size_t *)arg += kv_entry_mem(e);
+}
+
+static size_t table_bytes(struct shard *s)
+{
+    size_t ent = 0;
+    shard_foreach(s, sum_mem, &ent);
+    return shard_mem(s) - ent;
+}
+
+/*
+ * Tombstones that dominate must lead to a rebuild at the same size, never to growth.  Keys
+ * are picked by their low hash bits so that small groups share a home bucket in a small
+ * table; in each group all but the last key is deleted, which leaves tombstones inside the
+ * group's run.  At most a handful of keys are live at any time, so the table must never
+ * hold more than two tables of its initial size (old and new during a rebuild).
+ */
+Test(shard, tombstones_rebuild_at_same_size)
+{
+    enum { POOL = 40000, ROUNDS = 4000 };
+    struct shard *s = shard_new();
+    size_t base = table_bytes(s), peak = 0;
+    /* Key indices sorted by bucket (hash & 15); 16 is a bound on any small table. */
+    unsigned *by_b[16], nb[16] = { 0 }, used[16] = { 0 };
+    for (int b = 0; b < 16; b++)
+        by_b[b] = malloc(POOL * sizeof(unsigned));
+    for (unsigned i = 0; i < POOL; i++) {
+        char k[32];
+        size_t kl = key_of(k, i);
+        unsigned b = kv_hash(k, kl) & 15;
+        by_b[b][nb[b]++] = i;
+    }
+    unsigned keep[3] = { ~0u, ~0u, ~0u };
+    bool rebuilt = false;
+/* Sample after every operation: a rebuild of a small table finishes within the next one. */
+#define OBSERVE()                                                                              \
+    do {                                                                                       \
+        size_t tb_ = table_bytes(s);                                                           \
+        rebuilt |= tb_ > base;                                                                 \
+        peak = tb_ > peak ? tb_ : peak;                                                        \
+    } while (0)
+    for (unsigned r = 0; r < ROUNDS; r++) {
+        unsigned b = (unsigned)(rng() % 16), g[3];
+        cr_assert_lt(used[b] + 3, nb[b]);
+        for (int j = 0; j < 3; j++) {
+            g[j] = by_b[b][used[b]++];
+            put_i(s, g[j], KV_NO_EXPIRE);
+            OBSERVE();
+        }
+        cr_assert_eq(del_i(s, g[0]), 1);
+        cr_assert_eq(del_i(s, g[1]), 1);
+        if (keep[r % 3] != ~0u)
+            cr_assert_eq(del_i(s, keep[r % 3]), 1);
+        OBSERVE();
+        keep[r % 3] = g[2];
+        for (int j = 0; j < 3; j++)
+            if (keep[j] != ~0u)
+                cr_assert(has_i(s, keep[j]));
+        cr_assert_leq(shard_count(s), 3);
+    }
+#undef OBSERVE
+    cr_assert(rebuilt, "tombstones never caused a rebuild");
+    cr_assert_leq(peak, 2 * base, "table grew to %zu bytes (initial %zu)", peak, base);
+    for (int b = 0; b < 16; b++)
+        free(by_b[b]);
+    shard_free(s);
+}
+
+/*
+ * Move one slot at a time and, after each move, check with a full SCAN (which moves nothing)
+ * that every key is still reachable in whichever table holds it.  This catches a move that
+ * breaks the probe runs of keys still waiting in the old table.
+ */
+Test(shard, every_single_slot_move_keeps_keys_reachable)
+{
+    struct shard *s = shard_new();
+    unsigned n = 0, resizes = 0;
+    while (resizes < 5) {
+        put_i(s, n++, KV_NO_EXPIRE);
+        if (!in_resize(s))
+            continue;
+        resizes++;
+        unsigned *hits = calloc(n, sizeof(unsigned));
+        int steps = 0;
+        do {
+            struct seen sn = { .hits = hits, .n = n };
+            memset(hits, 0, n * sizeof(unsigned));
+            uint64_t c = 0;
+            int calls = 0;
+            do {
+                c = shard_scan(s, c, 100, count_visit, &sn);
+                cr_assert_lt(++calls, 100000);
+            } while (c);
+            for (unsigned i = 0; i < n; i++)
+                cr_assert_geq(hits[i], 1, "key %u unreachable after %d moves", i, steps);
+            steps++;
+        } while (shard_rehash_step(s, 1));
+        cr_assert_gt(steps, 8);
+        free(hits);
+        for (unsigned i = 0; i < n; i++)
+            cr_assert(has_i(s, i));
+    }
+    shard_free(s);
+}
+
+Test(shard, shrinks_after_mass_delete)
+{
+    enum { N = 50000 };
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < N; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    while (shard_rehash_step(s, 1000))
+        ;
+    size_t full = shard_mem(s);
+    bool shrink_seen = false;
+    for (unsigned i = 0; i < N; i++) {
+        if (i % 100 == 0)
+            continue;
+        cr_assert_eq(del_i(s, i), 1);
+        if (in_resize(s)) {
+            shrink_seen = true;
+            if (i % 7 == 0)
+                cr_assert(has_i(s, (i / 100) * 100));
+        }
+    }
+    while (shard_rehash_step(s, 1000))
+        ;
+    cr_assert(shrink_seen);
+    cr_assert_eq(shard_count(s), N / 100);
+    for (unsigned i = 0; i < N; i += 100)
+        cr_assert(has_i(s, i));
+    /* 500 entries left: the table part must be far below that of 50k. */
+    cr_assert_lt(shard_mem(s), full / 20, "mem %zu of %zu", shard_mem(s), full);
+    shard_free(s);
+}
+
+struct expctx {
+    int64_t now;
+    size_t calls;
+    unsigned *hits;
+};
+
+static void on_exp(void *arg, const struct kv_entry *e)
+{
+    struct expctx *c = arg;
+    cr_assert_neq(kv_entry_expire(e), KV_NO_EXPIRE);
+    cr_assert_leq(kv_entry_expire(e), c->now);
+    c->hits[idx_of(e)]++;
+    c->calls++;
+}
+
+/* Keys i%3==0 have no deadline, i%3==1 are due at 1000 + i, i%3==2 at 10^9. */
+static int64_t dl_of(unsigned i)
+{
+    if (i % 3 == 0)
+        return KV_NO_EXPIRE;
+    return i % 3 == 1 ? 1000 + (int64_t)i : 1000000000;
+}
+
+static void check_expiry(struct shard *s, unsigned n, size_t budget)
+{
+    struct expctx c = { .now = 1000 + n, .hits = calloc(n, sizeof(unsigned)) };
+    size_t due = n / 3 + (n % 3 > 1), removed = 0;
+    for (int round = 0; round < 100000 && removed < due; round++) {
+        size_t r = shard_expire_step(s, c.now, budget, on_exp, &c);
+        cr_assert_leq(r, budget);
+        removed += r;
+    }
+    cr_assert_eq(removed, due);
+    cr_assert_eq(c.calls, due);
+    /* More steps find nothing more. */
+    for (int round = 0; round < 100; round++)
+        cr_assert_eq(shard_expire_step(s, c.now, budget, on_exp, &c), 0);
+    for (unsigned i = 0; i < n; i++) {
+        cr_assert_eq(c.hits[i], i % 3 == 1 ? 1u : 0u, "key %u expired %u times", i, c.hits[i]);
+        cr_assert_eq(has_i(s, i), i % 3 != 1);
+    }
+    cr_assert_eq(shard_count(s), n - due);
+    cr_assert_eq(shard_expires(s), n / 3 + (n % 3 > 2));
+    free(c.hits);
+}
+
+Test(shard, expire_step_removes_only_expired)
+{
+    struct shard *s = shard_new();
+    cr_assert_eq(shard_expire_step(s, 1 << 30, 100, NULL, NULL), 0);
+    unsigned n = 3000;
+    for (unsigned i = 0; i < n; i++)
+        put_i(s, i, dl_of(i));
+    while (shard_rehash_step(s, 1000))
+        ;
+    /* Nothing due yet at time 0. */
+    for (int round = 0; round < 500; round++)
+        cr_assert_eq(shard_expire_step(s, 0, 64, NULL, NULL), 0);
+    cr_assert_eq(shard_count(s), n);
+    check_expiry(s, n, 16);
+    shard_free(s);
+}
+
+Test(shard, expire_deadline_boundary)
+{
+    struct shard *s = shard_new();
+    put_i(s, 1, 5000);
+    put_i(s, 2, 5001);
+    put_i(s, 3, KV_NO_EXPIRE);
+    cr_assert_eq(shard_expire_step(s, 4999, 1000, NULL, NULL), 0);
+    cr_assert_eq(shard_expire_step(s, 5000, 1000, NULL, NULL), 1); /* due at its deadline */
+    cr_assert_null(get_i(s, 1));
+    cr_assert(has_i(s, 2));
+    cr_assert_eq(shard_expire_step(s, 5001, 1000, NULL, NULL), 1);
+    cr_assert_null(get_i(s, 2));
+    cr_assert_eq(shard_expire_step(s, INT64_MAX, 1000, NULL, NULL), 0);
+    cr_assert(has_i(s, 3));
+    cr_assert_eq(shard_expires(s), 0);
+    cr_assert_eq(shard_count(s), 1);
+    shard_free(s);
+}
+
+Test(shard, expire_step_during_resize)
+{
+    struct shard *s = shard_new();
+    unsigned n = 0;
+    while (n < 2000 || !in_resize(s)) {
+        put_i(s, n, dl_of(n));
+        n++;
+    }
+    /* Nothing but expiry steps from here: almost every key is still in the old table, so
+     * the sweep must find them there (check_expiry calls only shard_expire_step before it
+     * has removed them all). */
+    cr_assert_eq(shard_expire_step(s, 0, 8, NULL, NULL), 0);
+    cr_assert(in_resize(s));
+    check_expiry(s, n, 8);
+    cr_assert_eq(shard_rehash_step(s, 0), 0);
+    shard_free(s);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* SCAN                                                                                     */
+
+Test(shard, scan_empty)
+{
+    struct shard *s = shard_new();
+    struct seen sn = { .hits = NULL, .n = 0 };
+    uint64_t c = 0;
+    int calls = 0;
+    do {
+        c = shard_scan(s, c, 10, count_visit, &sn);
+        cr_assert_lt(++calls, 100);
+    } while (c);
+    cr_assert_eq(sn.calls, 0);
+    cr_assert_eq(calls, 1);
+    shard_free(s);
+}
+
+static void scan_all(struct shard *s, unsigned n, size_t count)
+{
+    struct seen sn = { .hits = calloc(n, sizeof(unsigned)), .n = n };
+    uint64_t c = 0;
+    size_t calls = 0;
+    do {
+        c = shard_scan(s, c, count, count_visit, &sn);
+        cr_assert_lt(c, 1ULL << 48);
+        cr_assert_lt(++calls, 10 * n + 100);
+    } while (c);
+    for (unsigned i = 0; i < n; i++)
+        cr_assert_geq(sn.hits[i], 1, "key %u not returned", i);
+    /* No resize happened, so each key comes exactly once. */
+    cr_assert_eq(sn.calls, n);
+    free(sn.hits);
+}
+
+Test(shard, scan_full_iteration)
+{
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < 5000; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    while (shard_rehash_step(s, 1000))
+        ;
+    scan_all(s, 5000, 10);
+    scan_all(s, 5000, 0);
+    scan_all(s, 5000, 1000000);
+    shard_free(s);
+}
+
+Test(shard, scan_spans_growth)
+{
+    enum { BASE = 3000, MORE = 60000 };
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < BASE; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    struct seen sn = { .hits = calloc(BASE + MORE, sizeof(unsigned)), .n = BASE + MORE };
+    uint64_t c = 0;
+    unsigned next = BASE, calls_in_resize = 0, calls = 0;
+    do {
+        if (in_resize(s))
+            calls_in_resize++;
+        c = shard_scan(s, c, 5, count_visit, &sn);
+        calls++;
+        /* Add keys between calls, in small batches, so the table grows several times and
+         * many calls land mid-resize. */
+        for (unsigned k = 0; k < 40 && next < BASE + MORE; k++)
+            put_i(s, next++, KV_NO_EXPIRE);
+        cr_assert_lt(calls, 1000000);
+    } while (c);
+    cr_assert_gt(calls_in_resize, 0);
+    cr_assert_gt(next, BASE * 2, "the table did not grow during the scan");
+    for (unsigned i = 0; i < BASE; i++)
+        cr_assert_geq(sn.hits[i], 1, "key %u present throughout, not returned", i);
+    free(sn.hits);
+    shard_free(s);
+}
+
+Test(shard, scan_spans_shrink)
+{
+    enum { N = 40000 };
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < N; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    while (shard_rehash_step(s, 1000))
+        ;
+    struct seen sn = { .hits = calloc(N, sizeof(unsigned)), .n = N };
+    uint64_t c = 0;
+    unsigned next_del = 0, calls_in_resize = 0, calls = 0;
+    do {
+        if (in_resize(s))
+            calls_in_resize++;
+        c = shard_scan(s, c, 3, count_visit, &sn);
+        calls++;
+        /* Delete all but every 50th key, in batches between calls. */
+        for (unsigned k = 0; k < 200 && next_del < N; next_del++) {
+            if (next_del % 50) {
+                cr_assert_eq(del_i(s, next_del), 1);
+                k++;
+            }
+        }
+        cr_assert_lt(calls, 1000000);
+    } while (c);
+    cr_assert_gt(calls_in_resize, 0);
+    for (unsigned i = 0; i < N; i += 50)
+        cr_assert_geq(sn.hits[i], 1, "survivor %u not returned", i);
+    free(sn.hits);
+    shard_free(s);
+}
+
+Test(shard, scan_with_churn_mid_resize)
+{
+    /* Keys present throughout: [0, 2000).  Meanwhile others come and go, triggering grows,
+     * same-size rebuilds and shrinks.  Every present-throughout key must be returned. */
+    enum { BASE = 2000, TOTAL = 200000 };
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < BASE; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    struct seen sn = { .hits = calloc(TOTAL, sizeof(unsigned)), .n = TOTAL };
+    uint64_t c = 0;
+    unsigned next = BASE, oldest = BASE, calls = 0;
+    do {
+        c = shard_scan(s, c, 2, count_visit, &sn);
+        calls++;
+        unsigned adds = (calls / 64) % 2 ? 50 : 5; /* phases of growth and of shrinkage */
+        for (unsigned k = 0; k < adds && next < TOTAL; k++)
+            put_i(s, next++, KV_NO_EXPIRE);
+        for (unsigned k = 0; k < 20 && oldest < next; k++)
+            del_i(s, oldest++);
+        cr_assert_lt(calls, 1000000);
+    } while (c);
+    for (unsigned i = 0; i < BASE; i++)
+        cr_assert_geq(sn.hits[i], 1, "key %u present throughout, not returned", i);
+    free(sn.hits);
+    shard_free(s);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+Test(shard, foreach_visits_all_even_mid_resize)
+{
+    struct shard *s = shard_new();
+    unsigned n = 0;
+    while (n < 5000 || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    cr_assert(in_resize(s));
+    struct seen sn = { .hits = calloc(n, sizeof(unsigned)), .n = n };
+    shard_foreach(s, count_visit, &sn);
+    cr_assert_eq(sn.calls, n);
+    for (unsigned i = 0; i < n; i++)
+        cr_assert_eq(sn.hits[i], 1, "key %u visited %u times", i, sn.hits[i]);
+    free(sn.hits);
+    shard_free(s);
+}
+
+Test(shard, flush_resets)
+{
+    struct shard *s = shard_new();
+    size_t base = shard_mem(s);
+    for (unsigned i = 0; i < 20000; i++)
+        put_i(s, i, i % 2 ? 5 : KV_NO_EXPIRE);
+    cr_assert(shard_mem(s) > base);
+    shard_flush(s);
+    cr_assert_eq(shard_count(s), 0);
+    cr_assert_eq(shard_expires(s), 0);
+    cr_assert_eq(shard_mem(s), base);
+    cr_assert_null(get_i(s, 5));
+    cr_assert_null(shard_random(s, 12345));
+    cr_assert_eq(shard_rehash_step(s, 0), 0);
+    struct seen sn = { .hits = NULL, .n = 0 };
+    shard_foreach(s, count_visit, &sn);
+    cr_assert_eq(sn.calls, 0);
+    /* Still usable, and flushing mid-resize works too. */
+    unsigned n = 0;
+    while (n < 100 || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    cr_assert(has_i(s, 0));
+    shard_flush(s);
+    cr_assert_eq(shard_count(s), 0);
+    cr_assert_eq(shard_mem(s), base);
+    cr_assert_eq(shard_rehash_step(s, 0), 0);
+    put_i(s, 1, KV_NO_EXPIRE);
+    cr_assert(has_i(s, 1));
+    shard_free(s);
+}
+
+Test(shard, random_entry)
+{
+    struct shard *s = shard_new();
+    cr_assert_null(shard_random(s, 0));
+    cr_assert_null(shard_random(s, ~0ULL));
+    for (unsigned i = 0; i < 5; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    unsigned hits[5] = { 0 };
+    for (int k = 0; k < 2000; k++) {
+        struct kv_entry *e = shard_random(s, rng());
+        cr_assert_not_null(e);
+        unsigned i = idx_of(e);
+        cr_assert_lt(i, 5);
+        hits[i]++;
+    }
+    for (unsigned i = 0; i < 5; i++)
+        cr_assert_gt(hits[i], 0, "key %u never chosen", i);
+    for (unsigned i = 0; i < 5; i++)
+        del_i(s, i);
+    cr_assert_null(shard_random(s, rng()));
+
+    /* Mid-resize: only live entries come back, from both tables.  Right after a resize
+     * begins nearly every key is still in the old table, and random moves nothing. */
+    unsigned n = 0;
+    while (n < 1000 || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned *seen = calloc(n, sizeof(unsigned)), distinct = 0;
+    for (int k = 0; k < 500; k++) {
+        struct kv_entry *e = shard_random(s, rng());
+        cr_assert_not_null(e);
+        unsigned i = idx_of(e);
+        cr_assert_lt(i, n);
+        distinct += seen[i]++ == 0;
+    }
+    cr_assert(in_resize(s));
+    cr_assert_gt(distinct, 100, "only %u distinct keys from %u", distinct, n);
+    free(seen);
+    for (unsigned i = 0; i < n; i += 2)
+        del_i(s, i);
+    for (int k = 0; k < 2000; k++) {
+        struct kv_entry *e = shard_random(s, rng());
+        cr_assert_not_null(e);
+        unsigned i = idx_of(e);
+        cr_assert(i < n && i % 2 == 1);
+        cr_assert_eq(get_i(s, i), e);
+    }
+    shard_free(s);
+}
+
+/* A long random sequence of operations checked against a plain array model. */
+struct model {
+    signed char *state; /* 0 absent, 1 present, 2 present with deadline */
+    int64_t *dl;
+    size_t live;
+    int64_t now;
+};
+
+static void model_expired(void *arg, const struct kv_entry *e)
+{
+    struct model *m = arg;
+    unsigned i = idx_of(e);
+    cr_assert_eq(m->state[i], 2, "key %u expired but has no deadline", i);
+    cr_assert_leq(m->dl[i], m->now);
+    cr_assert_eq(kv_entry_expire(e), m->dl[i]);
+    m->state[i] = 0;
+    m->live--;
+}
+
+Test(shard, random_ops_match_model)
+{
+    enum { KEYS = 3000, OPS = 300000 };
+    struct shard *s = shard_new();
+    struct model m = { .state = calloc(KEYS, 1), .dl = calloc(KEYS, sizeof(int64_t)) };
+    size_t expired = 0;
+    for (unsigned op = 0; op < OPS; op++) {
+        unsigned r = (unsigned)rng(), i = (r >> 8) % KEYS;
+        /* Phases that favour puts, then deletes, so the table grows and shrinks. */
+        bool growing = (op / 40000) % 2 == 0;
+        switch (r % 8) {
+        case 0: case 1: case 2:
+            if (growing || r % 3 == 0) {
+                bool dl = (r >> 4) % 5 == 0;
+                m.dl[i] = m.now + 1 + (r >> 20) % 50;
+                put_i(s, i, dl ? m.dl[i] : KV_NO_EXPIRE);
+                m.live += m.state[i] == 0;
+                m.state[i] = dl ? 2 : 1;
+            }
+            break;
+        case 3: case 4:
+            if (!growing || r % 3 == 0) {
+                cr_assert_eq(del_i(s, i), m.state[i] != 0);
+                m.live -= m.state[i] != 0;
+                m.state[i] = 0;
+            }
+            break;
+        case 5:
+            m.now++;
+            expired += shard_expire_step(s, m.now, r % 64, model_expired, &m);
+            break;
+        case 6:
+            shard_rehash_step(s, r % 64);
+            break;
+        default:
+            cr_assert_eq(has_i(s, i), m.state[i] != 0, "op %u key %u", op, i);
+            break;
+        }
+        cr_assert_eq(shard_count(s), m.live);
+    }
+    cr_assert_gt(expired, 100);
+    size_t dl = 0;
+    for (unsigned i = 0; i < KEYS; i++) {
+        cr_assert_eq(get_i(s, i) != NULL, m.state[i] != 0);
+        dl += m.state[i] == 2;
+    }
+    cr_assert_eq(shard_expires(s), dl);
+    free(m.state);
+    free(m.dl);
+    shard_free(s);
+}
