@@ -28,6 +28,9 @@ BENCH_SRC  := $(wildcard bench/*.c)
 BENCH_OBJ  := $(BENCH_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC   := $(wildcard tests/core/*.c tests/net/*.c tests/shm/*.c)
 UNIT_BIN   := $(UNIT_SRC:%.c=$(BUILD)/%)
+# Plain programs for ThreadSanitizer (Criterion cannot start under TSan).
+TSAN_SRC   := $(wildcard tests/tsan/*.c)
+TSAN_BIN   := $(TSAN_SRC:%.c=$(BUILD)/%)
 
 SERVER := $(BUILD)/ringkv-server
 BENCHB := $(BUILD)/ringkv-bench
@@ -55,6 +58,10 @@ $(BENCHB): $(BENCH_OBJ) $(filter-out $(BUILD)/net/%,$(LIB_OBJ)) $(BUILD)/net/pro
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/tests/tsan/%: tests/tsan/%.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
@@ -87,11 +94,23 @@ deps-bench: deps-test
 run: all
 	./ringkv-server $(ARGS)
 
-# Tests: unit tests and end-to-end tests, built with ASan and UBSan.  The cross-worker ring
-# test also runs under ThreadSanitizer.
+# Tests: unit tests and end-to-end tests, built with ASan and UBSan; then the ThreadSanitizer
+# pass: the cross-worker ring under two threads, and the cross-worker end-to-end tests
+# against a TSan build of the server.  `make SANITIZE=thread test` runs only the TSan pass.
+ifeq ($(SANITIZE),thread)
+test: deps-test tsan
+else
 test: deps-test
 	$(MAKE) --no-print-directory SANITIZE=address unit e2e
-	$(MAKE) --no-print-directory SANITIZE=thread unit
+	$(MAKE) --no-print-directory SANITIZE=thread tsan
+endif
+
+tsan: $(TSAN_BIN) $(SERVER) $(BENCHB)
+	@fail=0; for t in $(TSAN_BIN); do \
+	    echo "== $$t"; TSAN_OPTIONS=halt_on_error=1 timeout 300 $$t || fail=1; \
+	done; exit $$fail
+	RINGKV_SERVER=$(abspath $(SERVER)) RINGKV_BENCH=$(abspath $(BENCHB)) RINGKV_E2E_TSAN=1 \
+	    timeout 900 /usr/bin/python3 tests/e2e/run.py --tsan
 
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do \

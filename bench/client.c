@@ -100,7 +100,8 @@ struct lg_loop {
     const struct lg_config *cfg;
     struct io_uring ring;
     bool ring_ok;
-    bool fixed; /* sockets registered as fixed files */
+    bool fixed;      /* sockets registered as fixed files */
+    bool poll_first; /* the kernel takes IORING_RECVSEND_POLL_FIRST on recv */
     struct lg_conn *conns;
     unsigned nconns;
     unsigned active; /* connections not idle */
@@ -222,7 +223,10 @@ static void lg_arm_send(struct lg_loop *L, struct lg_conn *c)
     L->armed++;
 }
 
-static void lg_arm_recv(struct lg_loop *L, struct lg_conn *c)
+/* poll_first: the request was just sent, so its reply cannot be there yet; arm the poll
+ * straight away instead of first trying a recv that would find nothing (one failed attempt
+ * per request saved).  If the data is already there the poll fires at once anyway. */
+static void lg_arm_recv(struct lg_loop *L, struct lg_conn *c, bool poll_first)
 {
     /* Room for at least LG_RECV_MIN more bytes and for the whole reply being waited for:
      * first slide unparsed bytes to the front, then grow (rare: big values). */
@@ -248,6 +252,8 @@ static void lg_arm_recv(struct lg_loop *L, struct lg_conn *c)
     }
     struct io_uring_sqe *sqe = lg_sqe(L);
     io_uring_prep_recv(sqe, c->sqe_fd, c->rbuf + c->rlen, c->rcap - c->rlen, 0);
+    if (poll_first && L->poll_first)
+        sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
     if (L->fixed)
         sqe->flags |= IOSQE_FIXED_FILE;
     io_uring_sqe_set_data64(sqe, ((uint64_t)(c - L->conns) << 1) | 1);
@@ -344,7 +350,7 @@ static void lg_next(struct lg_loop *L, struct lg_conn *c)
     L->stamp[L->nstamp++] = c;
     lg_arm_send(L, c);
     if (!c->recv_armed)
-        lg_arm_recv(L, c);
+        lg_arm_recv(L, c, true);
 }
 
 /* ---- replies ---- */
@@ -463,7 +469,13 @@ static void lg_on_recv(struct lg_loop *L, struct lg_conn *c, int res)
     if (c->dead)
         return;
     if (res == -EINTR || res == -EAGAIN || res == -ENOBUFS) {
-        lg_arm_recv(L, c);
+        lg_arm_recv(L, c, false);
+        return;
+    }
+    if (res == -EINVAL && L->poll_first) {
+        /* A kernel before 5.19 refuses IORING_RECVSEND_POLL_FIRST: do without. */
+        L->poll_first = false;
+        lg_arm_recv(L, c, false);
         return;
     }
     if (res <= 0) {
@@ -475,7 +487,7 @@ static void lg_on_recv(struct lg_loop *L, struct lg_conn *c, int res)
     if (!lg_parse(L, c))
         return;
     if (c->ndone < c->nslots)
-        lg_arm_recv(L, c);
+        lg_arm_recv(L, c, false);
     else if (!c->send_armed)
         lg_next(L, c);
     /* else: every reply is in but the send's completion is not yet; lg_on_send goes on. */
@@ -577,6 +589,7 @@ static void lg_loop_init(struct lg_loop *L, struct lg_thread *t)
     L->nconns = t->nconns;
     L->remaining = t->quota;
     L->deadline_ns = UINT64_MAX;
+    L->poll_first = true;
     L->ratio_sum = (uint64_t)cfg->ratio_set + cfg->ratio_get;
     L->all_set = cfg->ratio_get == 0;
     L->all_get = cfg->ratio_set == 0;

@@ -59,7 +59,7 @@ struct kv_entry *ks_lookup(struct ks_ctx *ctx, const char *key, size_t klen)
         return e;
     shard_del(ctx->shard, ctx->hash, key, klen);
     if (ctx->stats)
-        ctx->stats->expired_keys++;
+        KS_STAT_INC(ctx->stats, expired_keys);
     ks_notify_del(ctx, key, klen);
     return NULL;
 }
@@ -69,9 +69,9 @@ struct kv_entry *ks_lookup_read(struct ks_ctx *ctx, const char *key, size_t klen
     struct kv_entry *e = ks_lookup(ctx, key, klen);
     if (ctx->stats) {
         if (e)
-            ctx->stats->keyspace_hits++;
+            KS_STAT_INC(ctx->stats, keyspace_hits);
         else
-            ctx->stats->keyspace_misses++;
+            KS_STAT_INC(ctx->stats, keyspace_misses);
     }
     return e;
 }

@@ -102,7 +102,7 @@ static void expire_entry(struct ks_ctx *ctx, const struct kv_entry *e)
     memcpy(key, k, klen);
     shard_del(ctx->shard, kv_hash(key, klen), key, klen);
     if (ctx->stats)
-        ctx->stats->expired_keys++;
+        KS_STAT_INC(ctx->stats, expired_keys);
     ks_notify_del(ctx, key, klen);
     rk_free(key);
 }

@@ -675,10 +675,14 @@ size_t shard_expire_step(struct shard *s, int64_t now_ms, size_t budget, shard_v
  *
  * While a resize is in progress an entry may be in either table, and moves from the old
  * table to the new between calls.  So each step visits, for the cursor, the bucket of the
- * smaller table (cursor & small mask) and every bucket of the larger table that expands it
- * (the buckets whose low bits equal it), then advances the cursor using the small mask.
- * Whichever table an entry is in at that moment, its bucket is among those visited.  For a
- * same-size rebuild both masks are equal and it is the same bucket in both tables.
+ * smaller table (cursor & small mask) and the buckets of the larger table that expand it
+ * (those whose low bits equal it), then advances the cursor using the small mask.  Whichever
+ * table an entry is in at that moment, its bucket is among those visited.  The expansions
+ * are walked in reverse-binary order from the cursor's own high bits, not from zero and not
+ * by a plain increment of those bits: when a shrink begins between two calls the cursor
+ * still carries the large table's bits, and the expansions ahead of it in reverse-binary
+ * order (and only those) are the ones not visited yet; a plain increment would skip some.
+ * For a same-size rebuild both masks are equal and it is the same bucket in both tables.
  *
  * The walk of a run recomputes each key's hash; SCAN is not a hot path, and not storing
  * hashes is worth many bytes per key.  Work per call is bounded by count * 10 buckets.
@@ -700,37 +704,42 @@ static size_t visit_home(const struct table *t, size_t b, shard_visit_fn *fn, vo
     return n;
 }
 
-uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_fn *fn,
-                    void *arg)
+/* The cursor after v: a reverse-binary increment of the bits under mask (higher bits are
+ * cleared). */
+static inline uint64_t scan_next(uint64_t v, uint64_t mask)
+{
+    v |= ~mask;
+    return rev64(rev64(v) + 1);
+}
+
+uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_fn *fn, void *arg)
 {
     uint64_t v = cursor;
     size_t visited = 0;
     size_t max_buckets = count ? count * 10 : 1;
 
     for (size_t b = 0; b < max_buckets; b++) {
-        uint64_t m0;
         if (!resizing(s)) {
-            m0 = s->cur.mask;
+            uint64_t m0 = s->cur.mask;
             visited += visit_home(&s->cur, v & m0, fn, arg);
+            v = scan_next(v, m0);
         } else {
             const struct table *small = &s->cur, *large = &s->old;
             if (s->old.mask < s->cur.mask) {
                 small = &s->old;
                 large = &s->cur;
             }
-            m0 = small->mask;
-            uint64_t m1 = large->mask;
+            uint64_t m0 = small->mask, m1 = large->mask;
             visited += visit_home(small, v & m0, fn, arg);
-            do { /* every bucket of the large table whose low bits are v & m0 */
+            /* The large table's buckets that expand v & m0, from the cursor's own high bits
+             * on, in reverse-binary order: those below were visited by earlier calls made
+             * while the large table was the only one.  When the high bits wrap to zero the
+             * carry has advanced the small-table part, which is the next cursor. */
+            do {
                 visited += visit_home(large, v & m1, fn, arg);
-                v = (((v | m0) + 1) & ~m0) | (v & m0);
+                v = scan_next(v, m1);
             } while (v & (m0 ^ m1));
         }
-        /* Reverse-binary increment of the bits under m0. */
-        v |= ~m0;
-        v = rev64(v);
-        v++;
-        v = rev64(v);
         if (v == 0 || visited >= count)
             break;
     }

@@ -8,6 +8,7 @@
 #include "core/util.h"
 
 #include <ctype.h>
+#include <stdlib.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -146,7 +147,7 @@ int rk_str2ld(const char *s, size_t len, long double *out)
     errno = 0;
     long double v = strtold(tmp, &end);
     if ((size_t)(end - tmp) != len || (errno == ERANGE && (v == HUGE_VALL || v == -HUGE_VALL)) ||
-        isnan(v))
+        (errno == ERANGE && fpclassify(v) == FP_ZERO) || isnan(v))
         return -1;
     *out = v;
     return 0;

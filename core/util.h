@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdbool.h>
+#include <stdlib.h>
 
 #define RK_LIKELY(x) __builtin_expect(!!(x), 1)
 #define RK_UNLIKELY(x) __builtin_expect(!!(x), 0)

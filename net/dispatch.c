@@ -223,6 +223,7 @@ static void ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn *f
         .now_ms = w->now_ms,
         .r = r,
         .stats = &w->ks,
+        .max_string = (uint64_t)cfg_max_bulk(),
     };
     fn(&ctx, argc, argv);
 }
