@@ -716,7 +716,7 @@ uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_
 {
     uint64_t v = cursor;
     size_t visited = 0;
-    size_t max_buckets = count ? count * 10 : 1;
+    size_t max_buckets = count == 0 ? 1 : count > SIZE_MAX / 10 ? SIZE_MAX : count * 10;
 
     for (size_t b = 0; b < max_buckets; b++) {
         if (!resizing(s)) {

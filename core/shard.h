@@ -78,7 +78,9 @@ typedef void shard_visit_fn(void *arg, const struct kv_entry *e);
  */
 uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_fn *fn,
                     void *arg);
-/* Visit every entry (whole table; for DEBUG DIGEST and KEYS). fn must not modify the shard. */
+/* Visit every entry (whole table; for DEBUG DIGEST and KEYS).  fn must not modify the shard,
+ * nor call shard_get (which may move slots of a resize in progress); the same holds for
+ * shard_scan's fn. */
 void shard_foreach(struct shard *s, shard_visit_fn *fn, void *arg);
 /* A random entry, or NULL when the shard is empty.  rnd is a random 64-bit number. */
 struct kv_entry *shard_random(struct shard *s, uint64_t rnd);

@@ -253,6 +253,7 @@ static void post_request(struct conn *c, struct slot *sl, int part, uint32_t s, 
         p += argv[i].len;
     }
     c->refs++;
+    w->awaiting++;
     STAT_ADD(w, cross_worker_requests, 1);
 }
 
@@ -311,6 +312,7 @@ void dispatch_remote_reply(struct worker *w, const void *msg, size_t len)
     struct conn *c = rp->conn;
     rk_assert(c->w == w);
     c->refs--;
+    w->awaiting--;
     conn_part_deliver(c, rp->slot, rp->part, rp->bytes, rp->blen, rp->ival, rp->nelem);
     conn_release(c);
 }

@@ -147,6 +147,7 @@ struct worker {
     bool timer_armed;
     bool stop;
     struct buf scratch;    /* replies to other workers' requests are built here */
+    int64_t awaiting;      /* requests posted to other workers whose replies are not back */
 };
 
 struct server {
