@@ -32,8 +32,20 @@ void conn_mark_dirty(struct conn *c)
     c->w->dirty = c;
 }
 
-static void slot_free(struct slot *s)
+/* Slots of at most one part are recycled through a per-worker free list, buffers and all:
+ * a pipeline that crosses workers makes and drops one per request. */
+#define SLOT_POOL_MAX 4096
+#define SLOT_POOL_BUF_MAX 4096
+
+static void slot_free(struct worker *w, struct slot *s)
 {
+    if (s->nparts <= 1 && w->slot_pool_len < SLOT_POOL_MAX && s->out.cap <= SLOT_POOL_BUF_MAX &&
+        (s->nparts == 0 || s->parts[0].b.cap <= SLOT_POOL_BUF_MAX) && !s->argv) {
+        s->next = w->slot_pool;
+        w->slot_pool = s;
+        w->slot_pool_len++;
+        return;
+    }
     buf_free(&s->out);
     for (int i = 0; i < s->nparts; i++)
         buf_free(&s->parts[i].b);
@@ -42,9 +54,37 @@ static void slot_free(struct slot *s)
     rk_free(s);
 }
 
+void conn_slot_pool_free(struct worker *w)
+{
+    struct slot *s;
+    while ((s = w->slot_pool)) {
+        w->slot_pool = s->next;
+        buf_free(&s->out);
+        buf_free(&s->parts[0].b);
+        rk_free(s);
+    }
+    w->slot_pool_len = 0;
+}
+
 struct slot *conn_slot_new(struct conn *c, int nparts, int comb, int proto, int crlf)
 {
-    struct slot *s = rk_calloc(1, sizeof(*s) + (size_t)nparts * sizeof(struct part));
+    struct slot *s;
+    struct worker *w = c->w;
+    if (nparts <= 1 && w->slot_pool) {
+        s = w->slot_pool;
+        w->slot_pool = s->next;
+        w->slot_pool_len--;
+        struct buf out = s->out, pb = s->parts[0].b;
+        memset(s, 0, sizeof(*s) + sizeof(struct part));
+        s->out = out;
+        s->out.len = 0;
+        s->parts[0].b = pb;
+        s->parts[0].b.len = 0;
+    } else {
+        /* Pool slots always have room for one part, so any slot can go back to the pool. */
+        size_t np = nparts < 1 ? 1 : (size_t)nparts;
+        s = rk_calloc(1, sizeof(*s) + np * sizeof(struct part));
+    }
     s->nparts = nparts;
     s->remaining = nparts;
     s->comb = (uint8_t)comb;
@@ -94,7 +134,7 @@ static void drain_slots(struct conn *c)
                 buf_append(&c->pend, s->out.p, s->out.len);
             }
         }
-        slot_free(s);
+        slot_free(c->w, s);
         moved = true;
     }
     if (moved)
@@ -125,7 +165,7 @@ void conn_part_deliver(struct conn *c, struct slot *s, int i, const char *p, siz
             c->slot_tail = NULL;
         if (!c->closing)
             buf_append(&c->pend, p, n);
-        slot_free(s);
+        slot_free(c->w, s);
         conn_mark_dirty(c);
         drain_slots(c);
         return;
@@ -155,7 +195,7 @@ void conn_free_final(struct conn *c)
     struct slot *s = c->slot_head;
     while (s) {
         struct slot *n = s->next;
-        slot_free(s);
+        slot_free(c->w, s);
         s = n;
     }
     if (c->fd >= 0)

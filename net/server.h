@@ -148,6 +148,8 @@ struct worker {
     bool stop;
     struct buf scratch;    /* replies to other workers' requests are built here */
     int64_t awaiting;      /* requests posted to other workers whose replies are not back */
+    struct slot *slot_pool; /* recycled slots (net/conn.c) */
+    int slot_pool_len;
 };
 
 struct server {
@@ -202,6 +204,7 @@ void conn_mark_dirty(struct conn *c);
 void conn_close(struct conn *c);
 void conn_release(struct conn *c); /* frees c if it is closing and refs == 0 */
 void conn_free_final(struct conn *c); /* at shutdown: free whatever state it is in */
+void conn_slot_pool_free(struct worker *w);
 
 /* dispatch.c */
 /* Run every complete request in c->in (or in data/len when c->in is empty).  Returns the

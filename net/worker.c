@@ -736,6 +736,7 @@ void workers_stop_and_join(void)
             w->conns = c->next;
             conn_free_final(c);
         }
+        conn_slot_pool_free(w);
         for (int j = 0; j < w->nlisten; j++)
             close(w->listen_fds[j]);
         if (w->ring_fd > 0)
