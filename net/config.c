@@ -50,6 +50,7 @@ enum opt_type {
     OT_STR,      /* one word, any bytes but NUL */
     OT_WORDS,    /* one or more words, stored joined by single spaces (bind) */
     OT_LOGLEVEL, /* debug | verbose | notice | warning, stored as RK_LOG_* */
+    OT_ENUM,     /* one of names[], stored as its index (int) */
     OT_ONLY_NO,  /* a yes/no option that ringkv accepts only as "no"; not stored */
     OT_IGNORED,  /* any words, accepted and ignored (save) */
 };
@@ -72,7 +73,12 @@ struct opt {
     const char *rule;  /* the rule in words, where the type alone does not explain it */
     const char *arg;   /* --help: what the value looks like */
     const char *help;  /* --help: one short line */
+    const char *const *names; /* OT_ENUM: the accepted words, NULL-terminated */
 };
+
+static const char *const sync_mode_names[] = {"async", "semi", "sync", NULL};
+static const char *const sync_fallback_names[] = {"async", "error", NULL};
+static const char *const transport_names[] = {"auto", "shm", "tcp", NULL};
 
 /* One row per option, in --help order. */
 /* clang-format off */
@@ -104,6 +110,30 @@ static const struct opt opts[] = {
      .arg = "<size>", .help = "unparsed bytes held per client, >= 1mb"},
     {.name = "pidfile", .type = OT_STR, FIELD(pidfile), .def = "", .arg = "<path>",
      .help = "file to write the process id to; empty = none"},
+    {.name = "unixsocket", .type = OT_STR, FIELD(unixsocket), .def = "auto", .arg = "<path>",
+     .help = "Unix socket (mode 0600) for clients and same-host replicas; auto = "
+             "/tmp/ringkv-<port>.sock, empty = none"},
+    {.name = "replicaof", .type = OT_WORDS, FIELD(replicaof), .max_words = 2, .def = NULL,
+     .arg = "<host> <port>", .help = "start as a read-only replica of this master"},
+    {.name = "masterauth", .type = OT_STR, .live = true, FIELD(masterauth), .def = "",
+     .arg = "<password>", .help = "password a replica sends to its master"},
+    {.name = "repl-transport", .type = OT_ENUM, FIELD(repl_transport), .def = "auto",
+     .names = transport_names, .arg = "auto|shm|tcp",
+     .help = "how a replica reads its master's log (shm: shared memory, same host)"},
+    {.name = "repl-ring-size", .type = OT_MEM, FIELD(repl_ring_size), .min = 64 * 1024,
+     .max = 1LL << 40, .def = "1mb", .arg = "<size>",
+     .help = "replication log bytes per shard (rounded up to a power of two)"},
+    {.name = "sync-mode", .type = OT_ENUM, .live = true, FIELD(sync_mode), .def = "async",
+     .names = sync_mode_names, .arg = "async|semi|sync",
+     .help = "reply to writes at once, once N replicas received, or once N applied"},
+    {.name = "sync-replicas", .type = OT_INT, .live = true, FIELD(sync_replicas), .min = 1,
+     .max = 64, .def = "1", .arg = "<n>", .help = "N for semi and sync modes"},
+    {.name = "sync-timeout", .type = OT_INT, .live = true, FIELD(sync_timeout), .min = 1,
+     .max = INT_MAX, .def = "1000", .arg = "<ms>",
+     .help = "longest wait for replicas in semi and sync modes"},
+    {.name = "sync-fallback", .type = OT_ENUM, .live = true, FIELD(sync_fallback),
+     .def = "async", .names = sync_fallback_names, .arg = "async|error",
+     .help = "at sync-timeout: reply anyway (counted in INFO) or reply an error"},
     {.name = "daemonize", .type = OT_ONLY_NO, .def = "no", .shown = "no",
      .rule = "ringkv does not daemonize (run it under a service manager); only 'no' is accepted",
      .arg = "no", .help = "only 'no': ringkv stays in the foreground"},
@@ -234,6 +264,14 @@ static int opt_parse(const struct opt *o, const struct arg *w, int nw, long long
             }
         }
         return PE_LEVEL;
+    case OT_ENUM:
+        for (int i = 0; o->names[i]; i++) {
+            if (rk_eqi(w[0].p, w[0].len, o->names[i])) {
+                *out = i;
+                return PE_OK;
+            }
+        }
+        return PE_LEVEL;
     case OT_ONLY_NO:
         if (rk_eqi(w[0].p, w[0].len, "no"))
             return PE_OK;
@@ -286,6 +324,7 @@ static void opt_apply(const struct opt *o, const struct arg *w, int nw, long lon
     case OT_INT:
     case OT_MEM:
     case OT_LOGLEVEL:
+    case OT_ENUM:
         if (o->size == sizeof(int))
             __atomic_store_n((int *)field, (int)v, __ATOMIC_RELAXED);
         else
@@ -337,6 +376,8 @@ static const char *opt_show(const struct opt *o, char *num, size_t *len)
                 v = __atomic_load_n((long long *)field, __ATOMIC_RELAXED);
             if (o->type == OT_LOGLEVEL) {
                 s = level_names[v & 3];
+            } else if (o->type == OT_ENUM) {
+                s = o->names[v];
             } else {
                 rk_ll2str(num, v);
                 s = num;
@@ -359,7 +400,8 @@ static int online_cpus(void)
 void config_defaults(void)
 {
     /* Only before the workers start (or between tests): this frees replaced strings. */
-    char **strs[] = {&cfg.bind, &cfg.requirepass, &cfg.logfile, &cfg.pidfile, &cfg.config_file};
+    char **strs[] = {&cfg.bind,       &cfg.requirepass, &cfg.logfile,   &cfg.pidfile,
+                     &cfg.config_file, &cfg.unixsocket, &cfg.replicaof, &cfg.masterauth};
     for (size_t i = 0; i < RK_ARRAY_LEN(strs); i++) {
         rk_free(*strs[i]);
         *strs[i] = NULL;
@@ -382,6 +424,7 @@ void config_defaults(void)
     }
     cfg.threads = online_cpus();
     cfg.config_file = rk_strndup("", 0);
+    cfg.replicaof = rk_strndup("", 0);
 }
 
 static void ensure_defaults(void)
@@ -454,6 +497,10 @@ static void startup_why(const struct opt *o, int e, char *out, size_t cap)
                  "must be a memory size of at least %lldmb: bytes, or a number with a unit "
                  "(k kb m mb g gb)",
                  o->min / MB);
+    } else if (o->type == OT_ENUM) {
+        size_t n = (size_t)snprintf(out, cap, "must be one of");
+        for (int i = 0; o->names[i] && n < cap; i++)
+            n += (size_t)snprintf(out + n, cap - n, "%s %s", i ? "," : "", o->names[i]);
     } else {
         snprintf(out, cap, "must be one of debug, verbose, notice, warning");
     }
@@ -679,8 +726,10 @@ void config_print_help(FILE *fp)
         const struct opt *o = &opts[i];
         char left[64], def[48];
         snprintf(left, sizeof(left), "--%s %s", o->name, o->arg);
-        if (!o->def)
+        if (!o->def && o->off == offsetof(struct config, threads))
             snprintf(def, sizeof(def), "online CPUs: %d", online_cpus());
+        else if (!o->def)
+            snprintf(def, sizeof(def), "none");
         else if (!*o->def)
             snprintf(def, sizeof(def), "\"\"");
         else
@@ -809,9 +858,15 @@ static void set_why(const struct opt *o, int e, char *out, size_t cap)
         snprintf(out, cap, "argument must be a memory value");
         break;
     case PE_LEVEL:
-        snprintf(out, cap,
-                 "argument(s) must be one of the following: debug, verbose, notice, "
-                 "warning");
+        if (o->type == OT_ENUM) {
+            size_t n = (size_t)snprintf(out, cap, "argument(s) must be one of the following:");
+            for (int i = 0; o->names[i] && n < cap; i++)
+                n += (size_t)snprintf(out + n, cap - n, "%s %s", i ? "," : "", o->names[i]);
+        } else {
+            snprintf(out, cap,
+                     "argument(s) must be one of the following: debug, verbose, notice, "
+                     "warning");
+        }
         break;
     case PE_NOTBOOL:
         snprintf(out, cap, "argument must be 'yes' or 'no'");

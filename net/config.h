@@ -38,7 +38,20 @@ struct config {
     long long client_query_buffer_limit; /* bytes */
     char *pidfile;                       /* "" = none */
     char *config_file;                   /* absolute path of the file read at start, "" if none */
+    char *unixsocket;             /* "auto" = /tmp/ringkv-<port>.sock, "" = none */
+    char *replicaof;              /* "host port", or "" for a master */
+    char *masterauth;             /* password a replica sends to its master */
+    int repl_transport;           /* enum repl_transport */
+    long long repl_ring_size;     /* replication log bytes per shard */
+    int sync_mode;                /* enum sync_mode */
+    long long sync_replicas;      /* N for semi and sync */
+    long long sync_timeout;       /* ms */
+    int sync_fallback;            /* enum sync_fallback */
 };
+
+enum repl_transport { REPL_AUTO = 0, REPL_SHM = 1, REPL_TCP = 2 };
+enum sync_mode { SYNC_ASYNC = 0, SYNC_SEMI = 1, SYNC_SYNC = 2 };
+enum sync_fallback { FALLBACK_ASYNC = 0, FALLBACK_ERROR = 1 };
 
 extern struct config cfg;
 
@@ -90,6 +103,22 @@ static inline long long cfg_timeout(void)
 static inline long long cfg_max_bulk(void)
 {
     return __atomic_load_n(&cfg.proto_max_bulk_len, __ATOMIC_RELAXED);
+}
+static inline int cfg_sync_mode(void)
+{
+    return __atomic_load_n(&cfg.sync_mode, __ATOMIC_RELAXED);
+}
+static inline long long cfg_sync_replicas(void)
+{
+    return __atomic_load_n(&cfg.sync_replicas, __ATOMIC_RELAXED);
+}
+static inline long long cfg_sync_timeout(void)
+{
+    return __atomic_load_n(&cfg.sync_timeout, __ATOMIC_RELAXED);
+}
+static inline int cfg_sync_fallback(void)
+{
+    return __atomic_load_n(&cfg.sync_fallback, __ATOMIC_RELAXED);
 }
 static inline long long cfg_qbuf_limit(void)
 {

@@ -652,7 +652,9 @@ Test(config, get_patterns)
 {
     /* a glob: every match, once, named as the table names it, in table order */
     cr_assert_str_eq(GET("MAX*"), "*2\r\n$10\r\nmaxclients\r\n$5\r\n10000\r\n");
-    cr_assert_str_eq(GET("*port*"), "*2\r\n$4\r\nport\r\n$4\r\n6379\r\n");
+    cr_assert_str_eq(GET("*port*"), "*4\r\n$4\r\nport\r\n$4\r\n6379\r\n"
+                                    "$14\r\nrepl-transport\r\n$4\r\nauto\r\n");
+    cr_assert_str_eq(GET("sync-mode"), "*2\r\n$9\r\nsync-mode\r\n$5\r\nasync\r\n");
     cr_assert_str_eq(GET("p*"), "*6\r\n$4\r\nport\r\n$4\r\n6379\r\n"
                                 "$18\r\nproto-max-bulk-len\r\n$9\r\n536870912\r\n"
                                 "$7\r\npidfile\r\n$0\r\n\r\n");
@@ -663,7 +665,7 @@ Test(config, get_patterns)
                      "*2\r\n$10\r\nMAXCLIENTS\r\n$5\r\n10000\r\n");
     /* the whole table */
     const char *all = GET("*");
-    cr_assert(!strncmp(all, "*32\r\n$4\r\nport\r\n$4\r\n6379\r\n$4\r\nbind\r\n", 35), "%s", all);
+    cr_assert(!strncmp(all, "*50\r\n$4\r\nport\r\n$4\r\n6379\r\n$4\r\nbind\r\n", 35), "%s", all);
 }
 
 Test(config, get_order_and_threads)
@@ -843,4 +845,21 @@ Test(config, set_requirepass_with_nul_refused)
     cr_assert(!memcmp(b.p, want, b.len));
     cr_assert_str_eq(cfg_requirepass(), "");
     buf_free(&b);
+}
+
+Test(config, enum_options_set_and_refuse)
+{
+    config_defaults();
+    cr_assert_str_eq(SET("sync-mode", "SYNC"), "+OK\r\n");
+    cr_assert_eq(cfg_sync_mode(), SYNC_SYNC);
+    cr_assert_str_eq(SET("sync-fallback", "error"), "+OK\r\n");
+    cr_assert_eq(cfg_sync_fallback(), FALLBACK_ERROR);
+    cr_assert_str_eq(SET("sync-mode", "later"),
+                     "-ERR CONFIG SET failed (possibly related to argument 'sync-mode') - "
+                     "argument(s) must be one of the following: async, semi, sync\r\n");
+    cr_assert_eq(cfg_sync_mode(), SYNC_SYNC, "a refused value changes nothing");
+    cr_assert_str_eq(GET("sync-*"), "*8\r\n$9\r\nsync-mode\r\n$4\r\nsync\r\n"
+                                    "$13\r\nsync-replicas\r\n$1\r\n1\r\n"
+                                    "$12\r\nsync-timeout\r\n$4\r\n1000\r\n"
+                                    "$13\r\nsync-fallback\r\n$5\r\nerror\r\n");
 }

@@ -1,0 +1,392 @@
+"""
+Differential test: the same RESP2 request bytes to ringkv and to a real redis-server 7.0 give
+the same reply bytes.
+
+Both servers get each request of a script in the same order, on one connection each, so they
+hold the same data all along.  Every reply is compared byte for byte, except where the two
+legitimately differ, which the script marks:
+  INT(lo, hi)  both integers in [lo, hi] (TTLs that may cross a second, PTTLs)
+  SAME_TYPE    same RESP type (CLIENT ID, RANDOMKEY among many keys)
+  SORTED       arrays with the same elements in any order (KEYS: hash order differs)
+  HELLO        HELLO's map with the "id" value ignored
+Differences that are by design (ringkv is RESP2 only, one database) are asserted apart, on
+ringkv alone.  The reference runs with --databases 1, which is what ringkv has, so SELECT
+answers the same.  Each test reports every mismatching request at once.
+"""
+
+import time
+import unittest
+
+from harness import (Conn, Error, RedisServer, Server, parse, redis_server_binary, resp)
+
+EXACT = ("exact",)
+SAME_TYPE = ("type",)
+SORTED = ("sorted",)
+HELLO = ("hello",)
+
+
+def INT(lo, hi):
+    return ("int", lo, hi)
+
+
+I64MAX = 9223372036854775807
+I64MIN = -9223372036854775808
+
+
+@unittest.skipUnless(redis_server_binary(), "redis-server is not installed")
+class Differential(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.rk = Server(threads=2, shards=64)
+        try:
+            cls.ref = RedisServer("--databases", "1")
+        except BaseException:
+            cls.rk.stop()
+            cls.rk.cleanup()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.ref.stop()
+        cls.ref.cleanup()
+        cls.rk.stop()
+        try:
+            cls.rk.check()
+        finally:
+            cls.rk.cleanup()
+
+    def setUp(self):
+        self.a = Conn(self.rk.port)
+        self.b = Conn(self.ref.port)
+        self.addCleanup(self.a.close)
+        self.addCleanup(self.b.close)
+        for c in (self.a, self.b):
+            self.assertEqual(c.cmd("FLUSHALL"), b"+OK\r\n")
+
+    # ---- the comparison ------------------------------------------------------------------
+
+    def _match(self, mode, got, want):
+        if mode[0] == "exact":
+            return got == want
+        g, w = parse(got), parse(want)
+        if mode[0] == "int":
+            return (isinstance(g, int) and isinstance(w, int)
+                    and mode[1] <= g <= mode[2] and mode[1] <= w <= mode[2])
+        if mode[0] == "type":
+            return got[:1] == want[:1]
+        if mode[0] == "sorted":
+            return isinstance(g, list) and isinstance(w, list) and sorted(g) == sorted(w)
+        if mode[0] == "hello":
+            if not (isinstance(g, list) and isinstance(w, list) and len(g) == len(w)):
+                return False
+            gd = dict(zip(g[::2], g[1::2]))
+            wd = dict(zip(w[::2], w[1::2]))
+            gd.pop(b"id", None)
+            wd.pop(b"id", None)
+            return gd == wd and isinstance(dict(zip(g[::2], g[1::2])).get(b"id"), int)
+        raise ValueError(mode)
+
+    def run_script(self, script):
+        """script: list of (request, mode); request is a tuple of args or raw bytes."""
+        bad = []
+        for item in script:
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], tuple):
+                req, mode = item
+            else:
+                req, mode = item, EXACT
+            raw = req if isinstance(req, bytes) else resp(*req)
+            self.a.send(raw)
+            self.b.send(raw)
+            got = self.a.read_reply()
+            want = self.b.read_reply()
+            if not self._match(mode, got, want):
+                bad.append("  request %r\n    ringkv: %r\n    redis:  %r" % (
+                    raw if len(raw) < 200 else raw[:200] + b"...", got[:300], want[:300]))
+        if bad:
+            self.fail("%d of %d replies differ from redis-server's:\n%s" % (
+                len(bad), len(script), "\n".join(bad)))
+
+    # ---- scripts -------------------------------------------------------------------------
+
+    def test_connection_commands(self):
+        self.run_script([
+            ("PING",), ("ping",), ("PING", "hello"), ("PING", ""), ("PING", "a", "b"),
+            ("ECHO", "hi"), ("ECHO", ""), ("ECHO",), ("ECHO", "a", "b"),
+            ("ECHO", b"bin\x00\r\nary"),
+            ("SELECT", "0"), ("SELECT", "1"), ("SELECT", "15"), ("SELECT", "-1"),
+            ("SELECT", "abc"), ("SELECT",), ("SELECT", "0", "1"),
+            ("CLIENT", "SETNAME", "conn1"), ("CLIENT", "GETNAME"),
+            ("CLIENT", "SETNAME", "a b"), ("CLIENT", "SETNAME", "a\nb"),
+            ("CLIENT", "SETNAME", ""), ("CLIENT", "GETNAME"),
+            ("CLIENT", "SETNAME"), ("CLIENT", "GETNAME", "x"), ("CLIENT", "ID", "x"),
+            ("CLIENT", "NOSUCH"), ("CLIENT",),
+            (("CLIENT", "ID"), SAME_TYPE),
+            (("HELLO",), HELLO), (("HELLO", "2"), HELLO),
+            (("HELLO", "2", "SETNAME", "viahello"), HELLO), ("CLIENT", "GETNAME"),
+            ("HELLO", "abc"), ("HELLO", "2", "FOO"), ("HELLO", "2", "SETNAME", "a b"),
+            ("HELLO", "1"), ("HELLO", "-1"), ("HELLO", "4"),
+            (("HELLO", "2", "AUTH", "default", "anything"), HELLO),
+            ("HELLO", "2", "AUTH", "someone", "x"),
+            ("AUTH", "x"), ("AUTH", "default", "x"), ("AUTH", "nobody", "x"), ("AUTH",),
+            ("AUTH", "a", "b", "c"),
+            ("FOO",), ("FOO", "a", "b"), ("foo", "a b", ""), ("",),
+            ("GET",), ("GET", "a", "b"), ("SET", "k"), ("get",), ("InCr",),
+            ("GeT", "nokey"),
+        ])
+
+    def test_set_options(self):
+        now = int(time.time())
+        self.run_script([
+            ("GET", "k"), ("SET", "k", "v"), ("GET", "k"), ("TYPE", "k"), ("TYPE", "nokey"),
+            ("SET", "k", "v2", "NX"), ("GET", "k"), ("SET", "k", "v3", "XX"), ("GET", "k"),
+            ("SET", "nx", "1", "XX"), ("GET", "nx"), ("SET", "nx", "1", "NX"), ("GET", "nx"),
+            ("SET", "k", "v", "NX", "XX"), ("SET", "k", "v", "EX", "10", "PX", "100"),
+            ("SET", "k", "v", "EX"), ("SET", "k", "v", "EX", "0"), ("SET", "k", "v", "EX", "-5"),
+            ("SET", "k", "v", "EX", "abc"), ("SET", "k", "v", "PX", "0"),
+            ("SET", "k", "v", "PX", "1.5"), ("SET", "k", "v", "EX", "9999999999999999"),
+            ("SET", "k", "v", "PX", str(I64MAX)), ("SET", "k", "v", "EXAT", "0"),
+            ("SET", "k", "v", "PXAT", "-1"), ("SET", "k", "v", "FOO"),
+            ("SET", "k", "v", "KEEPTTL", "EX", "10"), ("SET", "k", "v", "EX", "10", "KEEPTTL"),
+            ("SET", "k", "v", "EX", "10", "EXAT", str(now + 100)),
+            ("SET", "e", "v", "EX", "100"), (("TTL", "e"), INT(99, 100)),
+            (("PTTL", "e"), INT(98000, 100000)),
+            ("SET", "e", "w", "KEEPTTL"), (("TTL", "e"), INT(99, 100)), ("GET", "e"),
+            ("SET", "e", "x"), ("TTL", "e"),
+            ("SET", "p", "v", "PX", "100000"), (("PTTL", "p"), INT(98000, 100000)),
+            ("SET", "a", "v", "EXAT", str(now + 1000)), (("TTL", "a"), INT(995, 1000)),
+            ("SET", "a", "v", "PXAT", str((now + 1000) * 1000)), (("TTL", "a"), INT(995, 1000)),
+            ("SET", "a", "v", "EXAT", str(now - 10)), ("GET", "a"), ("EXISTS", "a"),
+            ("SET", "g", "old"), ("SET", "g", "new", "GET"), ("GET", "g"),
+            ("SET", "g2", "new", "GET"), ("GET", "g2"),
+            ("SET", "g", "newer", "NX", "GET"), ("GET", "g"),
+            ("SET", "g", "newest", "XX", "GET"), ("SET", "g3", "v", "XX", "GET"),
+            ("SET", "g", "v", "GET", "EX", "100"), (("TTL", "g"), INT(99, 100)),
+            ("SET", "g", "v", "get", "px", "50000", "xx"), (("TTL", "g"), INT(49, 50)),
+            ("set", "lower", "case", "ex", "10", "nx"), (("ttl", "lower"), INT(9, 10)),
+            ("SET", "", ""), ("GET", ""), ("EXISTS", ""), ("STRLEN", ""),
+            ("SET", b"bin\x00\r\nkey", b"bin\x00\r\nvalue"), ("GET", b"bin\x00\r\nkey"),
+            ("SET", "big", "x" * 100000), ("GET", "big"), ("STRLEN", "big"),
+            ("SETNX", "snx", "1"), ("SETNX", "snx", "2"), ("GET", "snx"), ("SETNX", "snx"),
+            ("SETEX", "se", "100", "v"), (("TTL", "se"), INT(99, 100)), ("GET", "se"),
+            ("SETEX", "se", "0", "v"), ("SETEX", "se", "-1", "v"), ("SETEX", "se", "x", "v"),
+            ("SETEX", "se", "10"), ("SETEX", "se", "9999999999999999", "v"),
+            ("PSETEX", "pse", "100000", "v"), (("PTTL", "pse"), INT(98000, 100000)),
+            ("PSETEX", "pse", "0", "v"), ("PSETEX", "pse", "abc", "v"), ("PSETEX", "pse"),
+            ("GETSET", "gs", "1"), ("GETSET", "gs", "2"), ("GET", "gs"), ("GETSET", "gs"),
+            ("SET", "gse", "v", "EX", "100"), ("GETSET", "gse", "w"), ("TTL", "gse"),
+            ("GETDEL", "gs"), ("GETDEL", "gs"), ("EXISTS", "gs"), ("GETDEL",),
+            ("GETDEL", "a", "b"),
+            ("SET", "gx", "v"), ("GETEX", "gx"), ("TTL", "gx"), ("GETEX", "gx", "EX", "100"),
+            (("TTL", "gx"), INT(99, 100)), ("GETEX", "gx", "PERSIST"), ("TTL", "gx"),
+            ("GETEX", "gx", "PX", "100000"), (("PTTL", "gx"), INT(98000, 100000)),
+            ("GETEX", "gx", "EXAT", str(now + 1000)), (("TTL", "gx"), INT(995, 1000)),
+            ("GETEX", "gx", "PXAT", str((now + 1000) * 1000)), (("TTL", "gx"), INT(995, 1000)),
+            ("GETEX", "gx", "EX", "100", "PX", "100"), ("GETEX", "gx", "EX"),
+            ("GETEX", "gx", "EX", "0"), ("GETEX", "gx", "EX", "-1"), ("GETEX", "gx", "EX", "a"),
+            ("GETEX", "gx", "FOO"), ("GETEX", "gx", "PERSIST", "EX", "10"),
+            ("GETEX", "gx", "KEEPTTL"), ("GETEX", "nokey"), ("GETEX", "nokey", "EX", "10"),
+            ("GETEX", "gx", "EXAT", str(now - 10)), ("EXISTS", "gx"), ("GETEX",),
+        ])
+
+    def test_multi_key(self):
+        keys = ["mk%d" % i for i in range(40)]
+        self.run_script([
+            ("MSET", "a", "1", "b", "2", "c", "3"), ("MGET", "a", "b", "c", "nokey", "a"),
+            ("MGET", "nokey"), ("MGET",), ("MSET", "a"), ("MSET", "a", "1", "b"), ("MSET",),
+            ("MSET",) + tuple(x for k in keys for x in (k, k + "-v")),
+            ("MGET",) + tuple(keys) + ("missing",), ("DBSIZE",),
+            ("MSET", "dup", "1", "dup", "2"), ("GET", "dup"),
+            ("MSETNX", "n1", "1", "n2", "2"), ("MGET", "n1", "n2"),
+            ("MSETNX", "n2", "x", "n3", "3"), ("MGET", "n2", "n3"), ("EXISTS", "n3"),
+            ("MSETNX", "n1"), ("MSETNX", "n1", "1", "n4"), ("MSETNX",),
+            ("EXISTS", "a", "b", "nokey", "a"), ("EXISTS",), ("EXISTS", "nokey"),
+            ("DEL", "a", "b", "nokey", "a"), ("DEL", "a"), ("DEL",), ("EXISTS", "a", "b"),
+            ("UNLINK", "c", "nokey"), ("UNLINK",), ("EXISTS", "c"),
+            ("DEL",) + tuple(keys[:20]), ("UNLINK",) + tuple(keys[10:]),
+            ("TOUCH", "n1", "n2", "nokey"), ("TOUCH",),
+            ("DBSIZE",), ("DBSIZE", "x"),
+            (("KEYS", "*"), SORTED), ("KEYS", "n1"), (("KEYS", "n?"), SORTED),
+            (("KEYS", "n[12]"), SORTED), (("KEYS", "n[^1]"), SORTED), ("KEYS", "zz*"),
+            (("KEYS", "*1*"), SORTED), ("KEYS", "n\\1"), ("KEYS",), ("KEYS", "a", "b"),
+            ("FLUSHDB",), ("DBSIZE",), ("KEYS", "*"), ("RANDOMKEY",), ("RANDOMKEY", "x"),
+            ("SET", "only", "1"), ("RANDOMKEY",),
+            ("MSET", "r1", "1", "r2", "2", "r3", "3"), (("RANDOMKEY",), SAME_TYPE),
+            ("FLUSHALL", "ASYNC"), ("DBSIZE",), ("SET", "x", "1"), ("FLUSHALL", "SYNC"),
+            ("DBSIZE",), ("FLUSHALL", "FOO"), ("FLUSHALL", "ASYNC", "SYNC"), ("FLUSHDB", "x"),
+            ("FLUSHDB", "async"), ("FLUSHALL",),
+        ])
+
+    def test_counters(self):
+        self.run_script([
+            ("INCR", "n"), ("INCR", "n"), ("GET", "n"), ("DECR", "n"), ("DECR", "n"),
+            ("DECR", "n"), ("GET", "n"), ("INCRBY", "n", "10"), ("INCRBY", "n", "-20"),
+            ("DECRBY", "n", "5"), ("DECRBY", "n", "-5"), ("GET", "n"),
+            ("INCRBY", "n", "abc"), ("INCRBY", "n", "1.5"), ("INCRBY", "n", ""),
+            ("INCRBY", "n", " 1"), ("INCRBY", "n", "+1"), ("INCRBY", "n", "01"),
+            ("INCRBY", "n", "-0"), ("INCRBY", "n", str(I64MAX) + "0"),
+            ("DECRBY", "n", "abc"), ("INCR",), ("INCR", "a", "b"), ("INCRBY", "n"),
+            ("DECRBY", "n", str(I64MIN)), ("INCRBY", "n", str(I64MIN)),
+            ("SET", "s", "hello"), ("INCR", "s"), ("DECR", "s"), ("INCRBY", "s", "1"),
+            ("INCRBYFLOAT", "s", "1"),
+            ("SET", "sp", " 1"), ("INCR", "sp"), ("SET", "lz", "007"), ("INCR", "lz"),
+            ("SET", "ng", "-0"), ("INCR", "ng"), ("SET", "emp", ""), ("INCR", "emp"),
+            ("SET", "max", str(I64MAX)), ("INCR", "max"), ("INCRBY", "max", "1"),
+            ("DECR", "max"), ("GET", "max"),
+            ("SET", "min", str(I64MIN)), ("DECR", "min"), ("DECRBY", "min", "1"),
+            ("INCRBY", "min", "-1"), ("INCR", "min"), ("GET", "min"),
+            ("SET", "ex", "5", "EX", "100"), ("INCR", "ex"), (("TTL", "ex"), INT(99, 100)),
+            ("INCRBYFLOAT", "f", "0.1"), ("INCRBYFLOAT", "f", "0.2"), ("GET", "f"),
+            ("INCRBYFLOAT", "f", "10.5"), ("INCRBYFLOAT", "f", "-10.8"), ("GET", "f"),
+            ("INCRBYFLOAT", "f2", "3.0e3"), ("INCRBYFLOAT", "f2", "1e-5"),
+            ("INCRBYFLOAT", "f3", "5"), ("INCRBYFLOAT", "f3", "-5"),
+            ("INCRBYFLOAT", "f4", "1.0000000000000001"), ("INCRBYFLOAT", "f5", "-0.0"),
+            ("INCRBYFLOAT", "f6", "123456789012345678"), ("INCRBYFLOAT", "f7", "0.1e1"),
+            ("INCRBYFLOAT", "f", "abc"), ("INCRBYFLOAT", "f", ""), ("INCRBYFLOAT", "f", "1 "),
+            ("INCRBYFLOAT", "f", "inf"), ("INCRBYFLOAT", "f", "-inf"),
+            ("INCRBYFLOAT", "f", "nan"), ("INCRBYFLOAT", "f", "1e400"),
+            ("INCRBYFLOAT", "f", "1e5000"), ("INCRBYFLOAT", "f"),
+            ("SET", "fi", "10"), ("INCRBYFLOAT", "fi", "0.5"), ("GET", "fi"),
+            ("SET", "fx", "1.5"), ("INCR", "fx"), ("INCRBYFLOAT", "fx", "1"), ("GET", "fx"),
+            ("SET", "fe", "1e3"), ("INCRBYFLOAT", "fe", "1"),
+            ("SET", "fh", "0x10"), ("INCRBYFLOAT", "fh", "1"),
+            ("SET", "fw", " 1.5"), ("INCRBYFLOAT", "fw", "1"),
+            ("SET", "fe2", "5.0e3"), ("INCRBYFLOAT", "fe2", "5.0e3"), ("GET", "fe2"),
+        ])
+
+    def test_string_ops(self):
+        self.run_script([
+            ("APPEND", "s", "hello"), ("APPEND", "s", " world"), ("GET", "s"),
+            ("APPEND", "s", ""), ("STRLEN", "s"), ("STRLEN", "nokey"), ("APPEND", "s"),
+            ("STRLEN",), ("STRLEN", "a", "b"),
+            ("SET", "ae", "1", "EX", "100"), ("APPEND", "ae", "2"), ("GET", "ae"),
+            (("TTL", "ae"), INT(99, 100)),
+            ("GETRANGE", "s", "0", "4"), ("GETRANGE", "s", "-5", "-1"),
+            ("GETRANGE", "s", "0", "-1"), ("GETRANGE", "s", "5", "3"),
+            ("GETRANGE", "s", "-100", "100"), ("GETRANGE", "s", "100", "200"),
+            ("GETRANGE", "s", "0", "0"), ("GETRANGE", "s", "-1", "-5"),
+            ("GETRANGE", "s", str(I64MIN), str(I64MAX)), ("GETRANGE", "nokey", "0", "-1"),
+            ("GETRANGE", "s", "a", "1"), ("GETRANGE", "s", "0"), ("GETRANGE", "s", "1.0", "2"),
+            ("SET", "e", ""), ("GETRANGE", "e", "0", "-1"), ("GETRANGE", "e", "0", "0"),
+            ("SETRANGE", "s", "6", "WORLD"), ("GET", "s"), ("SETRANGE", "s", "15", "!"),
+            ("GET", "s"), ("STRLEN", "s"), ("SETRANGE", "s", "0", ""), ("GET", "s"),
+            ("SETRANGE", "new", "3", "abc"), ("GET", "new"), ("SETRANGE", "new2", "0", ""),
+            ("EXISTS", "new2"), ("SETRANGE", "new3", "5", ""), ("EXISTS", "new3"),
+            ("SETRANGE", "s", "-1", "x"), ("SETRANGE", "s", "abc", "x"),
+            ("SETRANGE", "s", "536870911", "x"), ("SETRANGE", "s", "536870912", "x"),
+            ("SETRANGE", "s", "0"), ("GET", "s"),
+            ("SET", "n", "12"), ("APPEND", "n", "3"), ("INCR", "n"), ("SETRANGE", "n", "0", "9"),
+            ("INCR", "n"), ("GET", "n"),
+        ])
+
+    def test_expiry_commands(self):
+        now = int(time.time())
+        self.run_script([
+            ("SET", "k", "v"), ("TTL", "k"), ("PTTL", "k"), ("TTL", "nokey"), ("PTTL", "nokey"),
+            ("EXPIRE", "k", "100"), (("TTL", "k"), INT(99, 100)), ("PERSIST", "k"),
+            ("TTL", "k"), ("PERSIST", "k"), ("PERSIST", "nokey"), ("EXPIRE", "nokey", "10"),
+            ("EXPIRE", "k", "abc"), ("EXPIRE", "k", "1.5"), ("EXPIRE", "k"), ("PERSIST",),
+            ("EXPIRE", "k", "9999999999999999"), ("PEXPIRE", "k", str(I64MAX)),
+            ("EXPIRE", "k", str(I64MAX)), ("EXPIREAT", "k", str(I64MAX)),
+            ("PEXPIREAT", "k", str(I64MAX)), ("EXPIRE", "k", str(I64MIN)),
+            ("TTL", "k"),
+            ("EXPIRE", "k", "100", "NX"), ("EXPIRE", "k", "200", "NX"),
+            (("TTL", "k"), INT(99, 100)), ("EXPIRE", "k", "200", "XX"),
+            (("TTL", "k"), INT(199, 200)), ("EXPIRE", "k", "100", "GT"),
+            ("EXPIRE", "k", "300", "GT"), (("TTL", "k"), INT(299, 300)),
+            ("EXPIRE", "k", "400", "LT"), ("EXPIRE", "k", "50", "LT"),
+            (("TTL", "k"), INT(49, 50)), ("EXPIRE", "k", "10", "NX", "XX"),
+            ("EXPIRE", "k", "10", "GT", "LT"), ("EXPIRE", "k", "10", "FOO"),
+            ("EXPIRE", "k", "10", "XX", "GT"), ("EXPIRE", "k", "10", "NX", "GT"),
+            ("PERSIST", "k"), ("EXPIRE", "k", "100", "XX"), ("EXPIRE", "k", "100", "GT"),
+            ("EXPIRE", "k", "100", "LT"), (("TTL", "k"), INT(99, 100)),
+            ("PEXPIRE", "k", "100000"), (("PTTL", "k"), INT(98000, 100000)),
+            ("PEXPIRE", "k", "abc"), ("PEXPIRE", "k", "10", "NX"),
+            ("EXPIREAT", "k", str(now + 1000)), (("TTL", "k"), INT(995, 1000)),
+            ("PEXPIREAT", "k", str((now + 500) * 1000)), (("TTL", "k"), INT(495, 500)),
+            ("EXPIREAT", "k", "abc"), ("PEXPIREAT", "k"),
+            ("EXPIRE", "k", "0"), ("EXISTS", "k"), ("GET", "k"),
+            ("SET", "k", "v"), ("EXPIRE", "k", "-1"), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("PEXPIRE", "k", "-100"), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("EXPIREAT", "k", str(now - 100)), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("PEXPIREAT", "k", "1"), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("EXPIREAT", "k", "0"), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("EXPIRE", "k", "0", "XX"), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("EXPIRE", "k", "-1", "GT"), ("EXISTS", "k"),
+            ("SET", "k", "v"), ("EXPIRE", "k", "-1", "LT"), ("EXISTS", "k"),
+            ("SET", "k", "v", "PX", "1"),
+        ] + [(("PING",), EXACT)] * 1)
+        time.sleep(0.05)
+        self.run_script([("GET", "k"), ("EXISTS", "k"), ("TTL", "k"), ("DBSIZE",)])
+
+    def test_wrong_arity_everywhere(self):
+        # Each command with one argument too few and, for fixed arity, one too many.
+        fixed = {"get": 2, "setnx": 3, "setex": 4, "psetex": 4, "getset": 3, "getdel": 2,
+                 "type": 2, "incr": 2, "decr": 2, "incrby": 3, "decrby": 3,
+                 "incrbyfloat": 3, "append": 3, "strlen": 2, "getrange": 4, "setrange": 4,
+                 "ttl": 2, "pttl": 2, "persist": 2, "dbsize": 1, "keys": 2, "randomkey": 1,
+                 "echo": 2, "select": 2}
+        varargs = {"set": 3, "getex": 2, "mget": 2, "mset": 3, "msetnx": 3, "del": 2,
+                   "unlink": 2, "exists": 2, "touch": 2, "expire": 3, "pexpire": 3,
+                   "expireat": 3, "pexpireat": 3, "auth": 2, "client": 2, "config": 2}
+        script = []
+        for name, n in fixed.items():
+            args = ("1",) * n
+            if n > 1:
+                script.append((name.upper(),) + args[:n - 2])
+            script.append((name,) + args[:n - 1] + ("x",))
+        for name, n in varargs.items():
+            if n > 1:
+                script.append((name.upper(),) + ("1",) * (n - 2))
+        self.run_script(script)
+
+    def test_raw_framing(self):
+        # RESP framing that both servers accept: empty multibulks are skipped, several
+        # requests in one send, inline PING on a RESP-only reply path is not compared.
+        self.run_script([
+            (b"*0\r\n*1\r\n$4\r\nPING\r\n", EXACT),
+            (b"*-1\r\n*1\r\n$4\r\nPING\r\n", EXACT),
+            (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n", EXACT),
+            (b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", EXACT),
+            (b"*2\r\n$4\r\nECHO\r\n$000003\r\nabc\r\n", EXACT),
+            (b"*002\r\n$4\r\nECHO\r\n$1\r\nz\r\n", EXACT),
+        ])
+
+    # ---- by design: ringkv differs, assert ringkv alone ------------------------------------
+
+    def test_hello3_is_noproto(self):
+        # ringkv speaks RESP2 only; redis 7 would switch this connection to RESP3.
+        self.assertEqual(self.a.cmd("HELLO", "3"), b"-NOPROTO unsupported protocol version\r\n")
+        self.assertEqual(self.a.cmd("PING"), b"+PONG\r\n")
+
+    def test_requirepass_at_runtime(self):
+        # CONFIG SET requirepass on both, then compare what new connections get.
+        for c in (self.a, self.b):
+            self.assertEqual(c.cmd("CONFIG", "SET", "requirepass", "pw"), b"+OK\r\n")
+        try:
+            a = Conn(self.rk.port)
+            b = Conn(self.ref.port)
+            saved = (self.a, self.b)
+            self.a, self.b = a, b
+            try:
+                self.run_script([
+                    ("GET", "x"), ("PING",), ("SET", "x", "1"), ("FOO",), ("GET",),
+                    ("AUTH", "wrong"), ("AUTH", "default", "wrong"), ("AUTH", "x", "y", "z"),
+                    ("HELLO", "2", "SETNAME", "x"),
+                    ("HELLO", "2", "AUTH", "default", "wrong"),
+                    (("HELLO", "2", "AUTH", "default", "pw"), HELLO), ("GET", "x"),
+                    ("AUTH", "wrong"), ("GET", "x"), ("AUTH", "pw"), ("AUTH", "default", "pw"),
+                    ("SET", "x", "1"), ("GET", "x"),
+                ])
+            finally:
+                self.a, self.b = saved
+                a.close()
+                b.close()
+        finally:
+            for c in (self.a, self.b):
+                c.cmd("AUTH", "pw")
+                self.assertEqual(c.cmd("CONFIG", "SET", "requirepass", ""), b"+OK\r\n")
+
+
+if __name__ == "__main__":
+    unittest.main()
