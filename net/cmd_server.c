@@ -17,6 +17,7 @@
 
 #include "net/config.h"
 #include "net/dispatch.h"
+#include "net/repl.h"
 
 #define REDIS_COMPAT_VERSION "7.0.15"
 
@@ -402,7 +403,7 @@ static bool want(int argc, const struct arg *argv, const char *section, bool in_
     return false;
 }
 
-void srv_info_text(struct buf *b, int argc, const struct arg *argv)
+void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *argv)
 {
     int64_t now = rk_now_ms();
     bool first = true;
@@ -479,13 +480,7 @@ void srv_info_text(struct buf *b, int argc, const struct arg *argv)
     }
     if (want(argc, argv, "replication", true)) {
         SECTION("Replication");
-        fmt(b,
-            "role:master\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n"
-            "master_replid:%s\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n"
-            "master_repl_offset:0\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n"
-            "repl_backlog_size:0\r\nrepl_backlog_first_byte_offset:0\r\n"
-            "repl_backlog_histlen:0\r\n",
-            srv.run_id);
+        repl_info(b, w);
     }
     if (want(argc, argv, "cpu", true)) {
         struct rusage ru;
@@ -510,7 +505,7 @@ void srv_info_text(struct buf *b, int argc, const struct arg *argv)
 void srv_info(struct conn *c, struct req *req)
 {
     struct buf b = {0};
-    srv_info_text(&b, req->argc, req->argv);
+    srv_info_text(&b, c->w, req->argc, req->argv);
     struct reply r;
     conn_reply_begin(c, &r, req->proto, req->crlf);
     reply_verbatim(&r, b.p ? b.p : "", b.len);

@@ -30,6 +30,6 @@ SRV_CMD(srv_shutdown);
 SRV_CMD(srv_debug);
 
 /* The INFO text for the given sections (NULL: the default set), appended to b. */
-void srv_info_text(struct buf *b, int argc, const struct arg *argv);
+void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *argv);
 
 #endif

@@ -31,6 +31,7 @@
 
 #include "net/cmd_server.h"
 #include "net/config.h"
+#include "net/repl.h"
 
 /* A request posted to another worker.  The argument lengths follow, then their bytes. */
 struct xm_req {
@@ -162,6 +163,14 @@ static const struct cmd_spec commands[] = {
      "2.8.13", "Get array of Redis command details"},
     {"shutdown", -1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shutdown,
      0, 0, 0, "server", "1.0.0", "Synchronously save the dataset to disk and then shut down"},
+    {"role", 1, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_role, 0, 0, 0, "server",
+     "2.8.12", "Return the role of the instance in the context of replication"},
+    {"replicaof", 3, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_replicaof, 0, 0, 0,
+     "server", "5.0.0", "Make the server a replica of another instance, or promote it as master"},
+    {"slaveof", 3, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_replicaof, 0, 0, 0,
+     "server", "1.0.0", "Make the server a replica of another instance, or promote it as master"},
+    {"ringkv.shminfo", 1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shminfo, 0, 0, 0,
+     "server", "0.1.0", "Where a same-host replica attaches (Unix socket, host, shards)"},
     {"debug", -2, CMD_ADMIN, ROUTE_LOCAL, 0, 0, NULL, srv_debug, 0, 0, 0, "server", "1.0.0",
      "A container for debugging commands"},
 };
@@ -225,6 +234,11 @@ static void ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn *f
         .stats = &w->ks,
         .max_string = (uint64_t)cfg_max_bulk(),
     };
+    if (repl_logging() && !repl_is_replica()) {
+        ctx.on_change = repl_on_change;
+        ctx.on_change_arg = w;
+        w->cur_shard = shard;
+    }
     fn(&ctx, argc, argv);
 }
 
@@ -575,6 +589,12 @@ static void execute(struct conn *c, struct req *req)
             conn_reply_end(c, &r);
             return;
         }
+    }
+    if ((cmd->flags & CMD_WRITE) && repl_is_replica()) {
+        conn_reply_begin(c, &r, req->proto, req->crlf);
+        reply_error(&r, "READONLY You can't write against a read only replica.");
+        conn_reply_end(c, &r);
+        return;
     }
     switch (cmd->route) {
     case ROUTE_KEY: {

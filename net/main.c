@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "net/config.h"
+#include "net/repl.h"
 #include "net/server.h"
 
 static void make_run_id(void)
@@ -72,6 +73,8 @@ int main(int argc, char **argv)
     rk_log_set_file(cfg.logfile);
     if (check_port_free() < 0)
         return 1;
+    if (repl_prepare() < 0)
+        return 2;
     ssize_t n = readlink("/proc/self/exe", srv.executable, sizeof(srv.executable) - 1);
     srv.executable[n > 0 ? n : 0] = '\0';
     make_run_id();
@@ -111,6 +114,7 @@ int main(int argc, char **argv)
 
     struct timespec tick = {0, 100 * 1000000L};
     while (!__atomic_load_n(&srv.stop, __ATOMIC_SEQ_CST)) {
+        repl_main_tick();
         int sig = sigtimedwait(&set, NULL, &tick);
         if (sig == SIGINT || sig == SIGTERM) {
             rk_log(RK_LOG_WARNING, "Received %s, scheduling shutdown...",
@@ -118,6 +122,7 @@ int main(int argc, char **argv)
             break;
         }
     }
+    repl_shutdown();
     workers_stop_and_join();
     if (cfg.pidfile[0])
         unlink(cfg.pidfile);

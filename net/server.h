@@ -119,6 +119,13 @@ struct conn {
     char last_cmd[24];
 };
 
+/* A full-sync walk of one shard (net/repl_master.c). */
+struct repl_walk {
+    bool active;
+    uint64_t cursor;
+    uint32_t req;
+};
+
 struct worker {
     int id;
     int cpu;               /* pinned CPU, -1 if not pinned */
@@ -149,6 +156,19 @@ struct worker {
     struct buf scratch;    /* replies to other workers' requests are built here */
     int64_t awaiting;      /* requests posted to other workers whose replies are not back */
     struct slot *slot_pool; /* recycled slots (net/conn.c) */
+    /* replication (net/repl_*.c) */
+    uint32_t cur_shard;    /* shard of the command running now (for the log hook) */
+    bool repl_appended;    /* appended to the log in this pass */
+    uint64_t repl_last_end; /* log position after the last append */
+    struct repl_walk *walks; /* per own shard (index s / nworkers) */
+    uint32_t walk_seen;
+    bool walk_throttled;
+    struct repl_link *link; /* replica: the link we apply from */
+    uint64_t link_epoch_seen;
+    uint64_t *rpos;        /* replica: per own shard, next log position to apply */
+    uint8_t *rstarted;     /* replica: per own shard, rpos is valid */
+    char *rbuf;            /* replica: record copy buffer */
+    size_t rcap;
     int slot_pool_len;
 };
 

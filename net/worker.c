@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "net/config.h"
+#include "net/repl.h"
 
 struct server srv;
 
@@ -435,11 +436,20 @@ static void arm_timer(struct worker *w)
 /* Every 100 ms: active expiry and resize work on our shards, idle clients, stop requests. */
 static void on_tick(struct worker *w)
 {
+    bool replica = repl_is_replica();
+    bool logging = repl_logging();
     for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
+        if (replica) {
+            /* Replicas never expire keys themselves: the master's DEL records do. */
+            shard_rehash_step(srv.shards[s], 4096);
+            continue;
+        }
+        w->cur_shard = s;
         /* Expire in bounded slices; go on (up to 16 slices) only while a quarter or more of
          * what we looked at had expired, as Redis's active expire cycle does. */
         for (int round = 0; round < 16; round++) {
-            size_t n = shard_expire_step(srv.shards[s], w->now_ms, 256, NULL, NULL);
+            size_t n = shard_expire_step(srv.shards[s], w->now_ms, 256,
+                                         logging ? repl_on_expire : NULL, w);
             __atomic_store_n(&w->ks.expired_keys,
                              __atomic_load_n(&w->ks.expired_keys, __ATOMIC_RELAXED) + n,
                              __ATOMIC_RELAXED);
@@ -635,8 +645,7 @@ static void *worker_main(void *arg)
     }
     for (int i = 0; i < w->nlisten; i++)
         arm_accept(w, i);
-    if (!srv.use_msg_ring)
-        arm_eventfd(w);
+    arm_eventfd(w); /* doorbells without MSG_RING, and wake-ups from replication peers */
     arm_timer(w);
     w->now_ms = rk_now_ms();
 
@@ -651,13 +660,18 @@ static void *worker_main(void *arg)
         }
         io_uring_cq_advance(&w->ring, n);
         drain_xrings(w);
+        if (repl_is_replica())
+            repl_replica_pass(w);
+        else
+            repl_master_pass(w);
         flush_dirty(w);
         ring_bells(w);
         {
             /* Sleep only if nothing arrived meanwhile (see SLEEPING AND DOORBELLS). */
             __atomic_store_n(&w->sleeping, 1, __ATOMIC_RELAXED);
             __atomic_thread_fence(__ATOMIC_SEQ_CST);
-            bool busy = xrings_readable(w) || w->dirty;
+            bool busy = xrings_readable(w) || w->dirty ||
+                        (repl_is_replica() ? repl_replica_busy(w) : repl_master_busy(w));
             for (int j = 0; j < srv.nworkers && !busy; j++)
                 busy = w->ring_bell[j];
             if (busy || io_uring_cq_ready(&w->ring))
@@ -701,6 +715,7 @@ int workers_start(void)
         w->ovf_tail = rk_calloc((size_t)W, sizeof(*w->ovf_tail));
         w->ring_bell = rk_calloc((size_t)W, 1);
         w->rng = 0x9e3779b97f4a7c15ull * (uint64_t)(i + 1) ^ (uint64_t)rk_now_us();
+        w->walks = rk_calloc(srv.nshards / (uint32_t)W + 1, sizeof(*w->walks));
         srv.workers[i] = w;
     }
     for (int i = 0; i < W; i++)
@@ -711,6 +726,10 @@ int workers_start(void)
                 srv.workers[j]->in[i] = xr;
             }
     dispatch_init();
+    if (repl_init() < 0) {
+        __atomic_store_n(&workers_ready, -1000000, __ATOMIC_SEQ_CST);
+        return -EIO;
+    }
     for (int i = 0; i < W; i++) {
         int rc = pthread_create(&srv.workers[i]->thread, NULL, worker_main, srv.workers[i]);
         if (rc != 0) {

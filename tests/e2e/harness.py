@@ -26,6 +26,9 @@ import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# How long a server may take to exit after SIGTERM before it is killed (and the test fails).
+STOP_TIMEOUT = 5.0
+
 SANITIZER_MARKS = (b"ERROR: AddressSanitizer", b"ERROR: LeakSanitizer", b"runtime error:",
                    b"WARNING: ThreadSanitizer", b"ERROR: ThreadSanitizer")
 
@@ -33,7 +36,7 @@ SANITIZER_MARKS = (b"ERROR: AddressSanitizer", b"ERROR: LeakSanitizer", b"runtim
 def server_path():
     p = os.environ.get("RINGKV_SERVER")
     if p:
-        return p
+        return os.path.abspath(p)
     for rel in ("build/asan/ringkv-server", "build/rel/ringkv-server"):
         c = os.path.join(REPO, rel)
         if os.path.exists(c):
@@ -135,7 +138,7 @@ class _Process:
         raise RuntimeError("%s did not answer on port %d within %.0f s" % (
             self.name, self.port, timeout))
 
-    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Signal the process by its pid, wait, SIGKILL after timeout.  Returns the exit status
         (negative: killed by that signal).  Safe to call twice."""
         if self.proc is None:
@@ -171,17 +174,21 @@ class _Process:
 
     def check(self, tc=None, expect_rc=0):
         """After stop(): fail unless the exit status is expect_rc and stderr is clean."""
-        msg = None
+        problems = []
+        if getattr(self, "killed_after_timeout", False):
+            problems.append("%s (pid %d) did not exit within %.0f s of SIGTERM: killed" % (
+                self.name, self.proc.pid, STOP_TIMEOUT))
+        elif self.rc != expect_rc:
+            problems.append("%s exited with status %s, expected %s" % (
+                self.name, self.rc, expect_rc))
         rep = self.sanitizer_report()
         if rep:
-            msg = "%s: sanitizer report in its output:\n%s" % (self.name, rep)
-        elif getattr(self, "killed_after_timeout", False):
-            msg = "%s (pid %d) did not exit after SIGTERM within the timeout; killed" % (
-                self.name, self.proc.pid)
-        elif self.rc != expect_rc:
-            msg = "%s exited with status %s, expected %s; stderr:\n%s" % (
-                self.name, self.rc, expect_rc, self.stderr().decode(errors="replace")[-3000:])
-        if msg:
+            problems.append("sanitizer report in its output:\n" + rep)
+        elif problems:
+            problems.append("its stderr ends with:\n" +
+                            self.stderr().decode(errors="replace")[-2000:])
+        if problems:
+            msg = "\n".join(problems)
             if tc is not None:
                 tc.fail(msg)
             raise AssertionError(msg)
@@ -529,3 +536,23 @@ class ServerTestCase(unittest.TestCase):
         c = srv.conn(timeout)
         self.addCleanup(c.close)
         return c
+
+
+class SharedServerTestCase(ServerTestCase):
+    """One server for every test of the class (started in setUpClass, stopped and checked in
+    tearDownClass): for tests that need no special options and clean up after themselves."""
+
+    server_args = ()
+    server_kw = {}
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = Server(*cls.server_args, **cls.server_kw)
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.srv.stop()
+            cls.srv.check()
+        finally:
+            cls.srv.cleanup()

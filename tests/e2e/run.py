@@ -41,7 +41,8 @@ class LineResult(unittest.TestResult):
         self.t0[test.id()] = time.monotonic()
 
     def _took(self, test):
-        return time.monotonic() - self.t0.get(test.id(), time.monotonic())
+        t = self.t0.get(test.id())
+        return time.monotonic() - t if t is not None else 0.0
 
     def _line(self, word, test, extra=""):
         print("%-4s %-70s %6.2fs%s" % (word, self._name(test), self._took(test), extra),

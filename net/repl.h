@@ -1,0 +1,143 @@
+/*
+ * repl: same-host replication through shared memory (the master and the replica sides).
+ *
+ * MASTER.  At start a master creates its replication log (shm/ring.h: one ring per shard)
+ * and its control region (shm/ctl.h), and listens on its Unix socket.  Nothing is written to
+ * the log until the first replica attaches.  The main thread answers attach requests on the
+ * Unix socket (net/repl_master.c): it hands over the log and control memfds and its workers'
+ * eventfds with SCM_RIGHTS, and asks every worker to walk its shards.  Each worker then, for
+ * each of its shards, notes the log's tail as the replica's start position, and walks the
+ * shard's table in slices between other work, appending a SET record per entry, while new
+ * writes go on into the same log.  Since the shard's owner writes both, in the order it does
+ * them, the replica that applies the log from the start position ends with exactly the
+ * master's data (records are idempotent).  The walk waits while the log is more than half a
+ * ring ahead of a syncing replica, so a full sync never laps it.
+ *
+ * REPLICA.  Its main thread keeps the link: connects to the master's TCP port, asks for the
+ * Unix socket (RINGKV.SHMINFO), checks that the master runs on this host, attaches, maps the
+ * log read-only, and publishes the mapping to the workers.  Each replica worker applies the
+ * log of its own shards in every loop pass and reports how far it got in its control slot.
+ * A replica that is lapped or reads a corrupt frame drops the link and attaches again (a
+ * full sync).  When the master dies, the replica keeps serving reads and reconnects.
+ *
+ * WAKE-UPS.  A side that is about to sleep sets its flag in the control region, fences, and
+ * looks once more; the other side publishes, fences, and rings the eventfd of a sleeper.
+ */
+#ifndef RK_REPL_H
+#define RK_REPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/keyspace.h"
+#include "shm/ctl.h"
+#include "shm/ring.h"
+
+struct worker;
+struct conn;
+struct req;
+struct buf;
+
+/* The master's view of one attached replica (set by the main thread, read by workers). */
+struct repl_peer {
+    int active;     /* 1 while attached (release by the main thread) */
+    int nworkers;
+    int efds[CTL_MAX_WORKERS]; /* the replica workers' eventfds */
+    int32_t pid;
+    char addr[64];
+    int port;       /* the replica's own listening port, for INFO */
+    int64_t behind_since_ms; /* main thread: first tick the replica was seen behind, for lag */
+};
+
+struct repl_state {
+    /* both roles */
+    bool is_replica;             /* set at start or by REPLICAOF (main thread), read by all */
+    char replid[41];
+    /* master */
+    struct ring_map log;
+    struct ctl_map ctl;
+    int unix_fd;                 /* listening Unix socket, -1 if none */
+    char unix_path[108];
+    int logging;                 /* workers append to the log (set once a replica attached) */
+    uint32_t walk_req;           /* bumped per attach: workers start a walk */
+    struct repl_peer peers[CTL_MAX_REPLICAS];
+    uint64_t sync_timeouts;      /* writes answered by the fallback at sync-timeout */
+    /* replica */
+    char master_host[256];
+    int master_port;
+    struct repl_link *link;      /* current link or NULL (release by the main thread) */
+    uint64_t link_epoch;         /* bumped whenever link changes */
+    struct repl_link *retired;   /* old links, unmapped once every worker moved on */
+    int relink;                  /* a worker found the log lapped or corrupt: resync */
+    int sync_in_progress;
+    int64_t link_down_since_ms;
+    int64_t next_try_ms;
+    int backoff_ms;
+    struct repl_req *pending;    /* REPLICAOF from a worker, for the main thread */
+    uint64_t full_syncs;
+};
+
+/* A REPLICAOF request handed from a worker to the main thread. */
+struct repl_req {
+    bool no_one;
+    char host[256];
+    int port;
+};
+
+extern struct repl_state repl;
+
+/* The link a replica follows: published by the main thread (release), read by workers. */
+struct repl_link {
+    struct ring_map log; /* the master's log, read-only */
+    struct ctl_map ctl;  /* the master's control region */
+    int slot;            /* our slot there */
+    int master_workers;
+    int master_efds[CTL_MAX_WORKERS];
+    int32_t master_pid;
+    uint64_t epoch;      /* repl.link_epoch when it was published */
+    struct repl_link *next_retired;
+};
+
+/* Main thread, before anything else starts: note the master to follow (replicaof) and adopt
+ * its shard count when it can be reached.  0, or -1 after printing why. */
+int repl_prepare(void);
+/* Before the worker threads start: create the log, the control region and the Unix socket.
+ * 0, or -1 after logging why. */
+int repl_init(void);
+/* Main thread, about every 100 ms: attach requests, dead replicas, heartbeats (master); the
+ * link to the master (replica). */
+void repl_main_tick(void);
+void repl_shutdown(void);
+
+/* Master worker, once per pass: start and advance walks, wake sleeping replicas. */
+void repl_master_pass(struct worker *w);
+/* Master worker, before sleeping: true if it has walk work to do now. */
+bool repl_master_busy(struct worker *w);
+/* Replica worker, once per pass: apply the log of our shards, report, wake the master. */
+void repl_replica_pass(struct worker *w);
+/* Replica worker, before sleeping: true if records are waiting (else sets our flag). */
+bool repl_replica_busy(struct worker *w);
+
+/* Keyspace change hook (struct ks_ctx on_change; arg is the worker, w->cur_shard the shard). */
+void repl_on_change(void *arg, enum ks_change what, const struct kv_entry *e, const char *key,
+                    size_t klen);
+/* Active expiry hook (shard_expire_step's on_expire): a DEL record. */
+void repl_on_expire(void *arg, const struct kv_entry *e);
+bool repl_logging(void);
+static inline bool repl_is_replica(void)
+{
+    return __atomic_load_n(&repl.is_replica, __ATOMIC_ACQUIRE);
+}
+
+/* repl_replica.c, for repl_master.c */
+int repl_replica_prepare(void);
+void repl_replica_tick(void);
+void repl_replica_shutdown(void);
+
+/* Commands: INFO replication, ROLE, REPLICAOF / SLAVEOF, RINGKV.SHMINFO. */
+void repl_info(struct buf *b, struct worker *w);
+void srv_role(struct conn *c, struct req *req);
+void srv_replicaof(struct conn *c, struct req *req);
+void srv_shminfo(struct conn *c, struct req *req);
+
+#endif

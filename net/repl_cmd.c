@@ -1,0 +1,230 @@
+/*
+ * repl_cmd: the replication commands and INFO section, in Redis's format and field names:
+ * INFO replication, ROLE, REPLICAOF / SLAVEOF, and RINGKV.SHMINFO (the first step of a
+ * same-host replica's attach, see net/repl_replica.c).
+ *
+ * Offsets: a master's replication offset is the sum over shards of its log's tails; a
+ * replica's is the sum of the positions it has applied.  Both are byte counts of the same
+ * log, so offset differences are lag in bytes.
+ */
+#include "net/repl.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "net/config.h"
+#include "net/dispatch.h"
+
+static void fmt(struct buf *b, const char *f, ...) __attribute__((format(printf, 2, 3)));
+static void fmt(struct buf *b, const char *f, ...)
+{
+    va_list ap;
+    va_start(ap, f);
+    int n = vsnprintf(NULL, 0, f, ap);
+    va_end(ap);
+    char *p = buf_reserve(b, (size_t)n + 1);
+    va_start(ap, f);
+    vsnprintf(p, (size_t)n + 1, f, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+static uint64_t master_offset(void)
+{
+    if (!repl.log.hdr)
+        return 0;
+    uint64_t sum = 0;
+    for (uint32_t s = 0; s < srv.nshards; s++)
+        sum += ring_tail(&repl.log, s);
+    return sum;
+}
+
+static uint64_t slot_offset(const struct ctl_map *c, int k)
+{
+    uint64_t sum = 0;
+    for (uint32_t s = 0; s < c->hdr->nshards; s++)
+        sum += __atomic_load_n(&ctl_applied(c, k)[s], __ATOMIC_ACQUIRE);
+    return sum;
+}
+
+static const char *sync_mode_name(int m)
+{
+    return m == SYNC_SYNC ? "sync" : m == SYNC_SEMI ? "semi" : "async";
+}
+
+static void info_master(struct buf *b)
+{
+    int n = 0;
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++)
+        n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) != 0;
+    uint64_t moff = master_offset();
+    int64_t now = rk_now_ms();
+    fmt(b, "role:master\r\nconnected_slaves:%d\r\n", n);
+    for (int k = 0, i = 0; k < CTL_MAX_REPLICAS; k++) {
+        struct repl_peer *p = &repl.peers[k];
+        if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE))
+            continue;
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+        uint64_t off = slot_offset(&repl.ctl, k);
+        int st = (int)__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
+        int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
+        fmt(b,
+            "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=shm,pid=%d,"
+            "lag_bytes=%llu,lag_us=%lld\r\n",
+            i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
+            (unsigned long long)off, (long long)((now - hb) / 1000), (int)p->pid,
+            (unsigned long long)(moff > off ? moff - off : 0),
+            (long long)(moff > off ? (now - (int64_t)__atomic_load_n(&p->behind_since_ms,
+                                                                     __ATOMIC_RELAXED)) * 1000
+                                   : 0));
+    }
+    fmt(b,
+        "master_failover_state:no-failover\r\nmaster_replid:%s\r\n"
+        "master_replid2:0000000000000000000000000000000000000000\r\n"
+        "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:%d\r\n"
+        "repl_backlog_size:%llu\r\nrepl_backlog_first_byte_offset:0\r\n"
+        "repl_backlog_histlen:%llu\r\nsync_mode:%s\r\nsync_replicas:%lld\r\n"
+        "sync_timeouts:%llu\r\n",
+        repl.replid, (unsigned long long)moff, repl_logging() ? 1 : 0,
+        (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
+        (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
+        (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED));
+}
+
+static void info_replica(struct buf *b, struct worker *w)
+{
+    struct repl_link *L = w->link;
+    uint64_t off = L ? slot_offset(&L->ctl, L->slot) : 0;
+    int syncing = __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
+    int64_t now = rk_now_ms();
+    fmt(b,
+        "role:slave\r\nmaster_host:%s\r\nmaster_port:%d\r\nmaster_link_status:%s\r\n"
+        "master_last_io_seconds_ago:%d\r\nmaster_sync_in_progress:%d\r\n"
+        "slave_read_repl_offset:%llu\r\nslave_repl_offset:%llu\r\n",
+        repl.master_host, repl.master_port, L ? "up" : "down", L ? 0 : -1, syncing,
+        (unsigned long long)off, (unsigned long long)off);
+    if (!L)
+        fmt(b, "master_link_down_since_seconds:%lld\r\n",
+            (long long)((now - repl.link_down_since_ms) / 1000));
+    fmt(b,
+        "master_link_transport:shm\r\nslave_priority:100\r\nslave_read_only:1\r\n"
+        "replica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n"
+        "master_replid:%s\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n"
+        "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n"
+        "sync_full:%llu\r\n",
+        L ? L->log.hdr->replid : repl.replid, (unsigned long long)off,
+        (unsigned long long)repl.full_syncs);
+}
+
+void repl_info(struct buf *b, struct worker *w)
+{
+    if (repl_is_replica())
+        info_replica(b, w);
+    else
+        info_master(b);
+}
+
+void srv_role(struct conn *c, struct req *req)
+{
+    struct reply r;
+    conn_reply_begin(c, &r, req->proto, req->crlf);
+    if (repl_is_replica()) {
+        struct repl_link *L = c->w->link;
+        reply_array(&r, 5);
+        reply_bulk_cstr(&r, "slave");
+        reply_bulk_cstr(&r, repl.master_host);
+        reply_int(&r, repl.master_port);
+        reply_bulk_cstr(&r, !L ? "connect"
+                            : __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED) ? "sync"
+                                                                                          : "connected");
+        reply_int(&r, L ? (long long)slot_offset(&L->ctl, L->slot) : -1);
+    } else {
+        reply_array(&r, 3);
+        reply_bulk_cstr(&r, "master");
+        reply_int(&r, (long long)master_offset());
+        int n = 0;
+        for (int k = 0; k < CTL_MAX_REPLICAS; k++)
+            n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) != 0;
+        reply_array(&r, n);
+        for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+            struct repl_peer *p = &repl.peers[k];
+            if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE))
+                continue;
+            char port[16], off[24];
+            snprintf(port, sizeof(port), "%d", p->port);
+            rk_ll2str(off, (long long)slot_offset(&repl.ctl, k));
+            reply_array(&r, 3);
+            reply_bulk_cstr(&r, p->addr);
+            reply_bulk_cstr(&r, port);
+            reply_bulk_cstr(&r, off);
+        }
+    }
+    conn_reply_end(c, &r);
+}
+
+void srv_replicaof(struct conn *c, struct req *req)
+{
+    struct reply r;
+    conn_reply_begin(c, &r, req->proto, req->crlf);
+    const struct arg *h = &req->argv[1], *p = &req->argv[2];
+    struct repl_req *rq = rk_calloc(1, sizeof(*rq));
+    long long port;
+    if (rk_eqi(h->p, h->len, "no") && rk_eqi(p->p, p->len, "one")) {
+        rq->no_one = true;
+    } else if (rk_str2ll(p->p, p->len, &port) < 0 || port <= 0 || port > 65535) {
+        reply_error(&r, "ERR Invalid master port");
+        conn_reply_end(c, &r);
+        rk_free(rq);
+        return;
+    } else if (h->len >= sizeof(rq->host)) {
+        reply_error(&r, "ERR Invalid master host");
+        conn_reply_end(c, &r);
+        rk_free(rq);
+        return;
+    } else {
+        memcpy(rq->host, h->p, h->len);
+        rq->port = (int)port;
+    }
+    /* The main thread picks it up on its next tick (within 100 ms). */
+    struct repl_req *old = __atomic_exchange_n(&repl.pending, rq, __ATOMIC_ACQ_REL);
+    rk_free(old);
+    reply_ok(&r);
+    conn_reply_end(c, &r);
+}
+
+static void boot_id(char *out, size_t cap)
+{
+    out[0] = '\0';
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(out, (int)cap, f))
+            out[0] = '\0';
+        fclose(f);
+    }
+    out[strcspn(out, "\n")] = '\0';
+}
+
+void srv_shminfo(struct conn *c, struct req *req)
+{
+    struct reply r;
+    conn_reply_begin(c, &r, req->proto, req->crlf);
+    if (repl.unix_fd < 0) {
+        reply_error(&r, "ERR this server has no unixsocket: same-host replication is off");
+    } else if (repl_is_replica()) {
+        reply_error(&r, "ERR this server is a replica: attach to its master");
+    } else {
+        char id[64], n[24], pid[24];
+        boot_id(id, sizeof(id));
+        rk_ll2str(n, srv.nshards);
+        rk_ll2str(pid, (long long)getpid());
+        reply_array(&r, 4);
+        reply_bulk_cstr(&r, repl.unix_path);
+        reply_bulk_cstr(&r, id);
+        reply_bulk_cstr(&r, n);
+        reply_bulk_cstr(&r, pid);
+    }
+    conn_reply_end(c, &r);
+}

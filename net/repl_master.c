@@ -1,0 +1,497 @@
+/*
+ * repl_master: the master side of same-host replication (see net/repl.h for the design).
+ *
+ * Threads.  The main thread answers attach requests on the Unix socket, watches replicas'
+ * heartbeats and reclaims dead ones; it never touches a shard.  Workers append records for
+ * their own shards (repl_on_change), walk their shards for a full sync, and wake sleeping
+ * replica workers.  The two meet only through atomics: repl.walk_req (bumped with release
+ * after a slot is filled in), repl.logging, and peer.active.
+ *
+ * The attach exchange on the Unix socket is one line each way, with descriptors alongside
+ * (SCM_RIGHTS):
+ *   replica: "ATTACH <pid> <nworkers> <port> <password>\n" + its workers' eventfds
+ *   master:  "OK <slot> <master workers> <shards>\n" + log memfd, control memfd, and its
+ *            workers' eventfds; or "ERR <reason>\n".
+ */
+#include "net/repl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "net/config.h"
+#include "net/server.h"
+
+struct repl_state repl = {.unix_fd = -1};
+
+#define HEARTBEAT_TIMEOUT_MS 3000
+#define WALK_SLICE 256
+
+/* ---- the log ------------------------------------------------------------------------------ */
+
+void repl_on_change(void *arg, enum ks_change what, const struct kv_entry *e, const char *key,
+                    size_t klen)
+{
+    struct worker *w = arg;
+    uint32_t s = w->cur_shard;
+    uint64_t end = 0;
+    if (what == KS_CHANGE_SET) {
+        size_t kl, vl;
+        const char *k = kv_entry_key(e, &kl);
+        const char *v = kv_entry_val(e, &vl);
+        end = ring_append_set(&repl.log, s, k, kl, v, vl, kv_entry_expire(e));
+        if (!end)
+            rk_log(RK_LOG_WARNING, "a value of %zu bytes is too large for the replication log "
+                                   "(repl-ring-size): replicas will resync", vl);
+    } else if (what == KS_CHANGE_DEL) {
+        end = ring_append_del(&repl.log, s, key, klen);
+    } else {
+        end = ring_append_flush(&repl.log, s);
+    }
+    w->repl_appended = true;
+    w->repl_last_end = end;
+}
+
+void repl_on_expire(void *arg, const struct kv_entry *e)
+{
+    size_t kl;
+    const char *k = kv_entry_key(e, &kl);
+    repl_on_change(arg, KS_CHANGE_DEL, NULL, k, kl);
+}
+
+bool repl_logging(void)
+{
+    return __atomic_load_n(&repl.logging, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* ---- start-up ----------------------------------------------------------------------------- */
+
+static void random_hex(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[64];
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    ssize_t got = fd >= 0 ? read(fd, raw, n / 2) : -1;
+    if (fd >= 0)
+        close(fd);
+    uint64_t x = (uint64_t)rk_now_us() ^ (uint64_t)getpid();
+    for (size_t i = 0; i < n / 2; i++) {
+        if (got != (ssize_t)(n / 2)) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            raw[i] = (unsigned char)(x >> 56);
+        }
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[n] = '\0';
+}
+
+static int open_unix_socket(void)
+{
+    const char *p = cfg.unixsocket;
+    if (!p[0])
+        return 0;
+    if (strcmp(p, "auto") == 0) {
+        if (cfg.port == 0)
+            return 0;
+        snprintf(repl.unix_path, sizeof(repl.unix_path), "/tmp/ringkv-%d.sock", cfg.port);
+    } else {
+        if (strlen(p) >= sizeof(repl.unix_path)) {
+            rk_log(RK_LOG_WARNING, "unixsocket path too long: %s", p);
+            return -1;
+        }
+        snprintf(repl.unix_path, sizeof(repl.unix_path), "%s", p);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", repl.unix_path);
+    unlink(repl.unix_path);
+    mode_t old = umask(0177); /* the socket is created 0600 */
+    int rc = bind(fd, (struct sockaddr *)&a, sizeof(a));
+    umask(old);
+    if (rc < 0 || chmod(repl.unix_path, 0600) < 0 || listen(fd, 16) < 0) {
+        rk_log(RK_LOG_WARNING, "can't listen on unix socket %s: %s", repl.unix_path,
+               strerror(errno));
+        close(fd);
+        return -1;
+    }
+    repl.unix_fd = fd;
+    return 0;
+}
+
+int repl_prepare(void)
+{
+    random_hex(repl.replid, 40);
+    repl.log.fd = repl.ctl.fd = -1;
+    if (!cfg.replicaof[0])
+        return 0;
+    char host[256];
+    int port;
+    if (sscanf(cfg.replicaof, "%255s %d", host, &port) != 2 || port <= 0 || port > 65535) {
+        fprintf(stderr, "ringkv-server: bad value '%s' for 'replicaof': expected <host> <port>\n",
+                cfg.replicaof);
+        return -1;
+    }
+    snprintf(repl.master_host, sizeof(repl.master_host), "%s", host);
+    repl.master_port = port;
+    repl.is_replica = true;
+    repl.link_down_since_ms = rk_now_ms();
+    return repl_replica_prepare();
+}
+
+int repl_init(void)
+{
+    if (!cfg.unixsocket[0] || srv.nworkers > CTL_MAX_WORKERS)
+        return 0;
+    int rc = ring_map_create(&repl.log, srv.nshards, (size_t)cfg.repl_ring_size, repl.replid);
+    if (rc == 0)
+        rc = ctl_create(&repl.ctl, srv.nshards, (uint32_t)srv.nworkers);
+    if (rc < 0) {
+        rk_log(RK_LOG_WARNING, "can't create the replication log: %s", strerror(-rc));
+        return -1;
+    }
+    return open_unix_socket();
+}
+
+void repl_shutdown(void)
+{
+    if (repl.unix_fd >= 0) {
+        close(repl.unix_fd);
+        unlink(repl.unix_path);
+    }
+    repl_replica_shutdown();
+}
+
+/* ---- attach ------------------------------------------------------------------------------- */
+
+static void send_reply(int fd, const char *line, const int *fds, int nfds)
+{
+    struct iovec iov = {.iov_base = (void *)line, .iov_len = strlen(line)};
+    char cbuf[CMSG_SPACE(sizeof(int) * (CTL_MAX_WORKERS + 2))];
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        memset(cbuf, 0, sizeof(cbuf));
+        mh.msg_control = cbuf;
+        mh.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(cm), fds, sizeof(int) * (size_t)nfds);
+    }
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) < 0)
+        rk_log(RK_LOG_VERBOSE, "replica attach: send: %s", strerror(errno));
+}
+
+static void close_fds(int *fds, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+}
+
+static void handle_attach(int fd)
+{
+    struct timeval tv = {.tv_sec = 1};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    char line[512];
+    char cbuf[CMSG_SPACE(sizeof(int) * CTL_MAX_WORKERS)];
+    struct iovec iov = {.iov_base = line, .iov_len = sizeof(line) - 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof(cbuf)};
+    ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+    int efds[CTL_MAX_WORKERS];
+    int nefd = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+            int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < k; i++) {
+                int f;
+                memcpy(&f, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+                if (nefd < CTL_MAX_WORKERS)
+                    efds[nefd++] = f;
+                else
+                    close(f);
+            }
+        }
+    }
+    if (n <= 0 || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC))) {
+        close_fds(efds, nefd);
+        return;
+    }
+    line[n] = '\0';
+    int pid = 0, nworkers = 0, port = 0;
+    char pass[256] = "";
+    int got = sscanf(line, "ATTACH %d %d %d %255s", &pid, &nworkers, &port, pass);
+    if (got < 3 || nworkers < 1 || nworkers != nefd || pid <= 0) {
+        send_reply(fd, "ERR bad attach request\n", NULL, 0);
+        close_fds(efds, nefd);
+        return;
+    }
+    const char *pw = cfg_requirepass();
+    if (pw[0] && strcmp(pw, pass) != 0) {
+        rk_log(RK_LOG_WARNING, "replica pid %d: attach refused: wrong password", pid);
+        send_reply(fd, "ERR invalid password\n", NULL, 0);
+        close_fds(efds, nefd);
+        return;
+    }
+    if (repl.is_replica) {
+        send_reply(fd, "ERR this server is a replica\n", NULL, 0);
+        close_fds(efds, nefd);
+        return;
+    }
+    int k = -1;
+    int64_t now = rk_now_ms();
+    for (int i = 0; i < CTL_MAX_REPLICAS && k < 0; i++) {
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, i);
+        if (!__atomic_load_n(&repl.peers[i].active, __ATOMIC_ACQUIRE) &&
+            __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_FREE &&
+            now - (int64_t)sl->attach_ms > 1000)
+            k = i;
+    }
+    if (k < 0) {
+        send_reply(fd, "ERR no free replica slot\n", NULL, 0);
+        close_fds(efds, nefd);
+        return;
+    }
+    struct repl_peer *p = &repl.peers[k];
+    close_fds(p->efds, p->nworkers); /* a previous occupant's: unused for over a second */
+    memcpy(p->efds, efds, sizeof(int) * (size_t)nefd);
+    p->nworkers = nworkers;
+    p->pid = pid;
+    p->port = port;
+    snprintf(p->addr, sizeof(p->addr), "127.0.0.1");
+    struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+    size_t arr = 4 * (size_t)srv.nshards * sizeof(uint64_t);
+    memset(ctl_sync_start(&repl.ctl, k), 0, arr);
+    memset(sl->sleeping, 0, sizeof(sl->sleeping));
+    sl->pid = pid;
+    sl->nworkers = (uint32_t)nworkers;
+    sl->heartbeat_ms = (uint64_t)now;
+    sl->attach_ms = (uint64_t)now;
+    uint32_t req = __atomic_load_n(&repl.walk_req, __ATOMIC_RELAXED) + 1;
+    sl->walk_req = req;
+    __atomic_store_n(&sl->state, CTL_SYNCING, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->active, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
+    /* Release: the slot above is filled in before a worker sees the new request. */
+    __atomic_store_n(&repl.walk_req, req, __ATOMIC_RELEASE);
+
+    int out[CTL_MAX_WORKERS + 2];
+    out[0] = repl.log.fd;
+    out[1] = repl.ctl.fd;
+    for (int i = 0; i < srv.nworkers; i++)
+        out[2 + i] = srv.workers[i]->event_fd;
+    char ok[96];
+    snprintf(ok, sizeof(ok), "OK %d %d %u\n", k, srv.nworkers, srv.nshards);
+    send_reply(fd, ok, out, 2 + srv.nworkers);
+    rk_log(RK_LOG_NOTICE, "Replica pid %d attached through shared memory (slot %d): full sync",
+           pid, k);
+}
+
+static bool pid_alive(int pid)
+{
+    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+static void master_tick(void)
+{
+    int64_t now = rk_now_ms();
+    __atomic_store_n(&repl.ctl.hdr->master_heartbeat_ms, (uint64_t)now, __ATOMIC_RELAXED);
+    for (int i = 0; i < 8; i++) {
+        int fd = accept4(repl.unix_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd < 0)
+            break;
+        handle_attach(fd);
+        close(fd);
+    }
+    uint64_t moff = 0;
+    for (uint32_t s = 0; s < srv.nshards; s++)
+        moff += ring_tail(&repl.log, s);
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        struct repl_peer *p = &repl.peers[k];
+        if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE))
+            continue;
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+        uint64_t off = 0;
+        for (uint32_t s = 0; s < srv.nshards; s++)
+            off += __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
+        if (off >= moff)
+            __atomic_store_n(&p->behind_since_ms, now, __ATOMIC_RELAXED);
+        int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
+        if (!pid_alive(p->pid) || now - hb > HEARTBEAT_TIMEOUT_MS) {
+            rk_log(RK_LOG_WARNING, "Replica pid %d (slot %d) is gone: %s; slot reclaimed", p->pid,
+                   k, pid_alive(p->pid) ? "no heartbeat" : "process exited");
+            __atomic_store_n(&p->active, 0, __ATOMIC_RELEASE);
+            sl->attach_ms = (uint64_t)now; /* not reused for a second: workers let go first */
+            __atomic_store_n(&sl->state, CTL_FREE, __ATOMIC_RELEASE);
+        }
+    }
+}
+
+void repl_main_tick(void)
+{
+    if (repl.ctl.hdr && repl.unix_fd >= 0)
+        master_tick();
+    repl_replica_tick();
+}
+
+/* ---- workers: walks and wake-ups ---------------------------------------------------------- */
+
+struct walk_arg {
+    struct worker *w;
+    uint32_t s;
+    int64_t now;
+};
+
+static void walk_emit(void *arg, const struct kv_entry *e)
+{
+    struct walk_arg *a = arg;
+    int64_t exp = kv_entry_expire(e);
+    if (exp != KV_NO_EXPIRE && exp <= a->now)
+        return; /* expired: its DEL comes from expiry */
+    size_t kl, vl;
+    const char *k = kv_entry_key(e, &kl);
+    const char *v = kv_entry_val(e, &vl);
+    ring_append_set(&repl.log, a->s, k, kl, v, vl, exp);
+    a->w->repl_appended = true;
+}
+
+/* Is shard s's log more than half a ring ahead of a replica that is still syncing? */
+static bool walk_throttled(uint32_t s)
+{
+    uint64_t tail = ring_tail(&repl.log, s);
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
+            continue;
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+        if (__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) != CTL_SYNCING)
+            continue;
+        if (!__atomic_load_n(&ctl_start_set(&repl.ctl, k)[s], __ATOMIC_ACQUIRE))
+            continue;
+        uint64_t applied = __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
+        uint64_t start = ctl_sync_start(&repl.ctl, k)[s];
+        if (applied < start)
+            applied = start;
+        if (tail - applied > repl.log.hdr->size / 2)
+            return true;
+    }
+    return false;
+}
+
+static void start_walks(struct worker *w, uint32_t req)
+{
+    for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
+        uint64_t tail = ring_tail(&repl.log, s);
+        for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+            if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
+                continue;
+            struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+            if (__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) != CTL_SYNCING ||
+                sl->walk_req > req || ctl_start_set(&repl.ctl, k)[s])
+                continue;
+            ctl_sync_start(&repl.ctl, k)[s] = tail;
+            /* Release: the start position is written before the flag that publishes it. */
+            __atomic_store_n(&ctl_start_set(&repl.ctl, k)[s], 1, __ATOMIC_RELEASE);
+        }
+        struct repl_walk *wk = &w->walks[s / (uint32_t)srv.nworkers];
+        wk->active = true;
+        wk->cursor = 0;
+        wk->req = req;
+    }
+}
+
+static void finish_walk(uint32_t s, uint32_t req)
+{
+    uint64_t end = ring_tail(&repl.log, s);
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
+            continue;
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+        if (sl->walk_req > req || !ctl_start_set(&repl.ctl, k)[s] || ctl_walk_end(&repl.ctl, k)[s])
+            continue;
+        /* Stored as end + 1 so that 0 keeps meaning "not yet". */
+        __atomic_store_n(&ctl_walk_end(&repl.ctl, k)[s], end + 1, __ATOMIC_RELEASE);
+    }
+}
+
+static void wake_replicas(struct worker *w)
+{
+    /* Our tails were stored before the loads of the replicas' sleeping flags. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        struct repl_peer *p = &repl.peers[k];
+        if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE))
+            continue;
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+        for (int rw = 0; rw < p->nworkers; rw++) {
+            if (__atomic_load_n(&sl->sleeping[rw], __ATOMIC_RELAXED)) {
+                __atomic_store_n(&sl->sleeping[rw], 0, __ATOMIC_RELAXED);
+                uint64_t one = 1;
+                ssize_t n = write(p->efds[rw], &one, sizeof(one)); /* non-blocking eventfd */
+                (void)n;
+            }
+        }
+    }
+}
+
+void repl_master_pass(struct worker *w)
+{
+    if (!repl.ctl.hdr || repl.is_replica)
+        return;
+    uint32_t req = __atomic_load_n(&repl.walk_req, __ATOMIC_ACQUIRE);
+    if (req != w->walk_seen) {
+        w->walk_seen = req;
+        start_walks(w, req);
+    }
+    w->walk_throttled = false;
+    for (uint32_t s = (uint32_t)w->id, i = 0; s < srv.nshards; s += (uint32_t)srv.nworkers, i++) {
+        struct repl_walk *wk = &w->walks[i];
+        if (!wk->active)
+            continue;
+        if (walk_throttled(s)) {
+            w->walk_throttled = true;
+            continue;
+        }
+        struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
+        wk->cursor = shard_scan(srv.shards[s], wk->cursor, WALK_SLICE, walk_emit, &a);
+        if (wk->cursor == 0) {
+            wk->active = false;
+            finish_walk(s, wk->req);
+        }
+    }
+    if (w->repl_appended) {
+        w->repl_appended = false;
+        wake_replicas(w);
+    }
+}
+
+bool repl_master_busy(struct worker *w)
+{
+    if (!repl.ctl.hdr || repl.is_replica)
+        return false;
+    bool walking = false;
+    for (uint32_t i = 0; (uint32_t)w->id + i * (uint32_t)srv.nworkers < srv.nshards; i++)
+        walking |= w->walks[i].active;
+    if (!walking)
+        return false;
+    if (!w->walk_throttled)
+        return true;
+    /* Throttled: sleep, but have replicas ring us as they apply. */
+    __atomic_store_n(&repl.ctl.hdr->ack_waiting[w->id], 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers)
+        if (!walk_throttled(s))
+            return true;
+    return false;
+}

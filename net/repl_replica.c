@@ -1,0 +1,566 @@
+/*
+ * repl_replica: the replica side of same-host replication (see net/repl.h).
+ *
+ * The main thread keeps the link.  It talks to the master with short blocking exchanges (a
+ * one-second timeout each): never on a worker, so no request waits for them.  Attaching:
+ *   1. TCP to the master's port: AUTH (masterauth) if set, then RINGKV.SHMINFO, which names
+ *      the master's Unix socket, its host's boot id, its shard count and its pid;
+ *   2. if the boot id is ours (same host) and the shard counts match, connect to the Unix
+ *      socket and send ATTACH with our workers' eventfds; the answer brings the log memfd,
+ *      the control memfd and the master workers' eventfds;
+ *   3. map both, and publish a new struct repl_link (release).  Each worker, seeing a new
+ *      link, empties its shards (a full sync starts from nothing) and applies the log of its
+ *      shards from the start positions the master's workers write into our slot.
+ * A link is dropped when the master's process is gone or its heartbeat stops, or when a worker
+ * reports a lapped or corrupt log; reads go on being served from what was applied.  Old links
+ * stay mapped until every worker has moved past them (link epochs), then are unmapped.
+ */
+#include "net/repl.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "net/config.h"
+#include "net/server.h"
+
+#define APPLY_BUDGET 4096
+#define MASTER_TIMEOUT_MS 3000
+
+/* ---- a tiny blocking RESP client for the handshake ---------------------------------------- */
+
+static int tcp_connect(const char *host, int port)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res;
+    char ps[16];
+    snprintf(ps, sizeof(ps), "%d", port);
+    if (getaddrinfo(host, ps, &hints, &res) != 0)
+        return -1;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        struct timeval tv = {.tv_sec = 1};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+        if (connect(fd, res->ai_addr, res->ai_addrlen) < 0) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+static int send_cmd(int fd, int argc, const char **argv)
+{
+    char buf[1024];
+    size_t n = (size_t)snprintf(buf, sizeof(buf), "*%d\r\n", argc);
+    for (int i = 0; i < argc && n < sizeof(buf); i++)
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "$%zu\r\n%s\r\n", strlen(argv[i]),
+                              argv[i]);
+    if (n >= sizeof(buf))
+        return -1;
+    return send(fd, buf, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
+}
+
+/* Read one reply line (up to \r\n) into line.  0 or -1. */
+static int read_line(int fd, char *line, size_t cap)
+{
+    size_t n = 0;
+    while (n + 1 < cap) {
+        char c;
+        if (recv(fd, &c, 1, 0) != 1)
+            return -1;
+        if (c == '\n') {
+            if (n && line[n - 1] == '\r')
+                n--;
+            line[n] = '\0';
+            return 0;
+        }
+        line[n++] = c;
+    }
+    return -1;
+}
+
+/* Read a bulk string's payload after its "$len" line into out.  0 or -1. */
+static int read_bulk(int fd, const char *hdr, char *out, size_t cap)
+{
+    long len = strtol(hdr + 1, NULL, 10);
+    if (hdr[0] != '$' || len < 0 || (size_t)len + 1 > cap)
+        return -1;
+    size_t got = 0;
+    while (got < (size_t)len + 2) {
+        char tmp[2];
+        ssize_t r = got < (size_t)len ? recv(fd, out + got, (size_t)len - got, 0)
+                                      : recv(fd, tmp, (size_t)len + 2 - got, 0);
+        if (r <= 0)
+            return -1;
+        got += (size_t)r;
+    }
+    out[len] = '\0';
+    return 0;
+}
+
+struct shminfo {
+    char path[108];
+    char boot_id[64];
+    long nshards;
+    long pid;
+};
+
+static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
+{
+    int fd = tcp_connect(repl.master_host, repl.master_port);
+    if (fd < 0) {
+        snprintf(why, wcap, "can't connect to %.200s:%d", repl.master_host, repl.master_port);
+        return -1;
+    }
+    char line[512];
+    if (cfg.masterauth[0]) {
+        const char *a[] = {"AUTH", cfg.masterauth};
+        if (send_cmd(fd, 2, a) < 0 || read_line(fd, line, sizeof(line)) < 0 || line[0] != '+') {
+            snprintf(why, wcap, "AUTH to the master failed");
+            close(fd);
+            return -1;
+        }
+    }
+    const char *c[] = {"RINGKV.SHMINFO"};
+    char v[4][256];
+    int ok = send_cmd(fd, 1, c) == 0 && read_line(fd, line, sizeof(line)) == 0;
+    if (ok && line[0] != '*') {
+        snprintf(why, wcap, "the master answered RINGKV.SHMINFO with: %.150s", line);
+        close(fd);
+        return -1;
+    }
+    for (int i = 0; ok && i < 4; i++)
+        ok = read_line(fd, line, sizeof(line)) == 0 && read_bulk(fd, line, v[i], sizeof(v[i])) == 0;
+    close(fd);
+    if (!ok) {
+        snprintf(why, wcap, "no valid answer to RINGKV.SHMINFO");
+        return -1;
+    }
+    snprintf(si->path, sizeof(si->path), "%.107s", v[0]);
+    snprintf(si->boot_id, sizeof(si->boot_id), "%.63s", v[1]);
+    si->nshards = strtol(v[2], NULL, 10);
+    si->pid = strtol(v[3], NULL, 10);
+    return 0;
+}
+
+static void boot_id(char *out, size_t cap)
+{
+    out[0] = '\0';
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(out, (int)cap, f))
+            out[0] = '\0';
+        fclose(f);
+    }
+    out[strcspn(out, "\n")] = '\0';
+}
+
+int repl_replica_prepare(void)
+{
+    /* Adopt the master's shard count when it can be reached now; otherwise keep ours and
+     * check again at attach time. */
+    struct shminfo si;
+    char why[256];
+    if (fetch_shminfo(&si, why, sizeof(why)) == 0 && si.nshards >= 1 && si.nshards <= 65536 &&
+        (si.nshards & (si.nshards - 1)) == 0 && si.nshards != cfg.shards) {
+        rk_log(RK_LOG_NOTICE, "adopting the master's shard count: %ld", si.nshards);
+        cfg.shards = (int)si.nshards;
+    }
+    return 0;
+}
+
+/* ---- attach ------------------------------------------------------------------------------- */
+
+static struct repl_link *attach(char *why, size_t wcap)
+{
+    if (cfg.repl_transport == REPL_TCP) {
+        snprintf(why, wcap, "repl-transport tcp: replication over TCP is not built yet");
+        return NULL;
+    }
+    struct shminfo si;
+    if (fetch_shminfo(&si, why, wcap) < 0)
+        return NULL;
+    char mine[64];
+    boot_id(mine, sizeof(mine));
+    if (strcmp(mine, si.boot_id) != 0 || !si.path[0]) {
+        snprintf(why, wcap, "the master is not on this host (or has no unixsocket): replication "
+                            "over TCP is not built yet");
+        return NULL;
+    }
+    if (si.nshards != (long)srv.nshards) {
+        snprintf(why, wcap, "the master has %ld shards and this server %u: restart this replica "
+                            "with --replicaof to adopt the master's shard count",
+                 si.nshards, srv.nshards);
+        return NULL;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof(a.sun_path), "%s", si.path);
+    struct timeval tv = {.tv_sec = 1};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+        snprintf(why, wcap, "can't connect to the master's unix socket %s: %s", si.path,
+                 strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    char req[512];
+    snprintf(req, sizeof(req), "ATTACH %d %d %d %s\n", (int)getpid(), srv.nworkers, cfg.port,
+             cfg.masterauth[0] ? cfg.masterauth : "-");
+    int efds[CTL_MAX_WORKERS];
+    for (int i = 0; i < srv.nworkers; i++)
+        efds[i] = srv.workers[i]->event_fd;
+    char cbuf[CMSG_SPACE(sizeof(int) * (CTL_MAX_WORKERS + 2))];
+    memset(cbuf, 0, sizeof(cbuf));
+    struct iovec iov = {.iov_base = req, .iov_len = strlen(req)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)srv.nworkers)};
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)srv.nworkers);
+    memcpy(CMSG_DATA(cm), efds, sizeof(int) * (size_t)srv.nworkers);
+    if (sendmsg(fd, &mh, MSG_NOSIGNAL) < 0) {
+        snprintf(why, wcap, "attach request: %s", strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    char line[256];
+    struct iovec riov = {.iov_base = line, .iov_len = sizeof(line) - 1};
+    struct msghdr rh = {.msg_iov = &riov, .msg_iovlen = 1, .msg_control = cbuf,
+                        .msg_controllen = sizeof(cbuf)};
+    ssize_t n = recvmsg(fd, &rh, MSG_CMSG_CLOEXEC);
+    close(fd);
+    int fds[CTL_MAX_WORKERS + 2];
+    int nfds = 0;
+    for (cm = CMSG_FIRSTHDR(&rh); n > 0 && cm; cm = CMSG_NXTHDR(&rh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+            continue;
+        int k = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < k && nfds < CTL_MAX_WORKERS + 2; i++)
+            memcpy(&fds[nfds++], CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+    }
+    if (n <= 0) {
+        snprintf(why, wcap, "no answer to the attach request");
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        return NULL;
+    }
+    line[n] = '\0';
+    line[strcspn(line, "\n")] = '\0';
+    int slot = -1, mworkers = 0;
+    unsigned nsh = 0;
+    if (sscanf(line, "OK %d %d %u", &slot, &mworkers, &nsh) != 3 || slot < 0 ||
+        slot >= CTL_MAX_REPLICAS || mworkers < 1 || mworkers > CTL_MAX_WORKERS ||
+        nfds != mworkers + 2 || nsh != srv.nshards) {
+        snprintf(why, wcap, "attach refused: %.150s", line);
+        for (int i = 0; i < nfds; i++)
+            close(fds[i]);
+        return NULL;
+    }
+    struct repl_link *L = rk_calloc(1, sizeof(*L));
+    int rc = ring_map_attach(&L->log, fds[0]);
+    if (rc == 0)
+        rc = ctl_attach(&L->ctl, fds[1]);
+    else
+        close(fds[1]);
+    if (rc < 0 || L->log.hdr->nshards != srv.nshards || L->ctl.hdr->nshards != srv.nshards) {
+        snprintf(why, wcap, "the master's log or control region is not valid");
+        if (L->log.hdr)
+            ring_map_close(&L->log);
+        if (L->ctl.hdr)
+            ctl_close(&L->ctl);
+        for (int i = 2; i < nfds; i++)
+            close(fds[i]);
+        rk_free(L);
+        return NULL;
+    }
+    L->slot = slot;
+    L->master_workers = mworkers;
+    memcpy(L->master_efds, fds + 2, sizeof(int) * (size_t)mworkers);
+    L->master_pid = (int32_t)si.pid;
+    return L;
+}
+
+static void publish_link(struct repl_link *L)
+{
+    struct repl_link *old = repl.link;
+    uint64_t epoch = ++repl.link_epoch;
+    if (L)
+        L->epoch = epoch;
+    if (old) {
+        old->epoch = epoch; /* freed once every worker has seen this epoch */
+        old->next_retired = repl.retired;
+        repl.retired = old;
+    }
+    /* Release: the mapping is set up before a worker can see the pointer. */
+    __atomic_store_n(&repl.link, L, __ATOMIC_RELEASE);
+    __atomic_store_n(&repl.link_epoch, epoch, __ATOMIC_RELEASE);
+}
+
+static void free_retired(void)
+{
+    uint64_t min_seen = UINT64_MAX;
+    for (int i = 0; i < srv.nworkers; i++) {
+        uint64_t s = __atomic_load_n(&srv.workers[i]->link_epoch_seen, __ATOMIC_ACQUIRE);
+        if (s < min_seen)
+            min_seen = s;
+    }
+    struct repl_link **pp = &repl.retired;
+    while (*pp) {
+        struct repl_link *L = *pp;
+        if (L->epoch <= min_seen) {
+            *pp = L->next_retired;
+            ring_map_close(&L->log);
+            ctl_close(&L->ctl);
+            for (int i = 0; i < L->master_workers; i++)
+                close(L->master_efds[i]);
+            rk_free(L);
+        } else {
+            pp = &L->next_retired;
+        }
+    }
+}
+
+static void link_down(const char *why)
+{
+    if (repl.link) {
+        rk_log(RK_LOG_WARNING, "Connection with master lost: %s", why);
+        publish_link(NULL);
+        repl.link_down_since_ms = rk_now_ms();
+    }
+    __atomic_store_n(&repl.sync_in_progress, 0, __ATOMIC_RELAXED);
+}
+
+static bool pid_alive(int pid)
+{
+    return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+static void check_sync_done(struct repl_link *L)
+{
+    for (uint32_t s = 0; s < srv.nshards; s++) {
+        uint64_t end = __atomic_load_n(&ctl_walk_end(&L->ctl, L->slot)[s], __ATOMIC_ACQUIRE);
+        uint64_t app = __atomic_load_n(&ctl_applied(&L->ctl, L->slot)[s], __ATOMIC_ACQUIRE);
+        if (!end || app < end - 1)
+            return;
+    }
+    __atomic_store_n(&repl.sync_in_progress, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&ctl_slot(&L->ctl, L->slot)->state, CTL_ONLINE, __ATOMIC_RELEASE);
+    rk_log(RK_LOG_NOTICE, "MASTER <-> REPLICA sync: Finished with success");
+}
+
+static void handle_request(void)
+{
+    struct repl_req *r = __atomic_exchange_n(&repl.pending, NULL, __ATOMIC_ACQUIRE);
+    if (!r)
+        return;
+    if (r->no_one) {
+        if (repl_is_replica()) {
+            link_down("REPLICAOF NO ONE");
+            __atomic_store_n(&repl.is_replica, false, __ATOMIC_RELEASE);
+            rk_log(RK_LOG_NOTICE, "MASTER MODE enabled (user request)");
+        }
+    } else {
+        link_down("REPLICAOF to a new master");
+        snprintf(repl.master_host, sizeof(repl.master_host), "%s", r->host);
+        repl.master_port = r->port;
+        repl.next_try_ms = 0;
+        __atomic_store_n(&repl.is_replica, true, __ATOMIC_RELEASE);
+        rk_log(RK_LOG_NOTICE, "REPLICAOF %s:%d enabled (user request)", r->host, r->port);
+    }
+    rk_free(r);
+}
+
+void repl_replica_tick(void)
+{
+    handle_request();
+    free_retired();
+    if (!repl_is_replica())
+        return;
+    int64_t now = rk_now_ms();
+    struct repl_link *L = repl.link;
+    if (L) {
+        struct ctl_slot *sl = ctl_slot(&L->ctl, L->slot);
+        __atomic_store_n(&sl->heartbeat_ms, (uint64_t)now, __ATOMIC_RELAXED);
+        int64_t mhb = (int64_t)__atomic_load_n(&L->ctl.hdr->master_heartbeat_ms, __ATOMIC_RELAXED);
+        if (!pid_alive(L->master_pid))
+            link_down("the master process exited");
+        else if (now - mhb > MASTER_TIMEOUT_MS)
+            link_down("no heartbeat from the master");
+        else if (__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_FREE)
+            link_down("the master dropped this replica");
+        else if (__atomic_exchange_n(&repl.relink, 0, __ATOMIC_ACQ_REL))
+            link_down("the log was lapped or corrupt: full resync");
+        else if (__atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED))
+            check_sync_done(L);
+        if (!repl.link)
+            repl.next_try_ms = now + 100;
+        return;
+    }
+    if (now < repl.next_try_ms)
+        return;
+    char why[256];
+    L = attach(why, sizeof(why));
+    if (!L) {
+        repl.backoff_ms = repl.backoff_ms ? repl.backoff_ms * 2 : 100;
+        if (repl.backoff_ms > 2000)
+            repl.backoff_ms = 2000;
+        repl.next_try_ms = now + repl.backoff_ms;
+        rk_log(RK_LOG_VERBOSE, "replica: %s", why);
+        if (repl.backoff_ms == 2000)
+            rk_log(RK_LOG_NOTICE, "replica: can't attach to %s:%d: %s", repl.master_host,
+                   repl.master_port, why);
+        return;
+    }
+    repl.backoff_ms = 0;
+    repl.full_syncs++;
+    __atomic_store_n(&repl.sync_in_progress, 1, __ATOMIC_RELAXED);
+    publish_link(L);
+    rk_log(RK_LOG_NOTICE, "MASTER <-> REPLICA sync started: attached to %s:%d through shared "
+                          "memory (slot %d)", repl.master_host, repl.master_port, L->slot);
+}
+
+void repl_replica_shutdown(void)
+{
+    if (repl.link)
+        __atomic_store_n(&ctl_slot(&repl.link->ctl, repl.link->slot)->heartbeat_ms, 0,
+                         __ATOMIC_RELAXED);
+}
+
+/* ---- workers: applying the log ------------------------------------------------------------ */
+
+static void apply(struct worker *w, uint32_t s, const struct ring_rec *r)
+{
+    struct shard *sh = srv.shards[s];
+    switch (r->type) {
+    case RING_SET:
+        shard_put(sh, kv_hash(r->key, r->klen),
+                  kv_entry_new(r->key, r->klen, r->val, r->vlen, r->expire_ms));
+        break;
+    case RING_DEL:
+        shard_del(sh, kv_hash(r->key, r->klen), r->key, r->klen);
+        break;
+    case RING_FLUSH:
+        shard_flush(sh);
+        break;
+    }
+}
+
+static void switch_link(struct worker *w, struct repl_link *L, uint64_t epoch)
+{
+    size_t own = (srv.nshards + (uint32_t)srv.nworkers - 1) / (uint32_t)srv.nworkers;
+    if (!w->rpos) {
+        w->rpos = rk_calloc(own, sizeof(uint64_t));
+        w->rstarted = rk_calloc(own, 1);
+    }
+    if (L) {
+        /* A new attachment is a full sync: start from nothing. */
+        for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers)
+            shard_flush(srv.shards[s]);
+    }
+    memset(w->rstarted, 0, own);
+    w->link = L;
+    /* Release: we no longer touch the previous mapping. */
+    __atomic_store_n(&w->link_epoch_seen, epoch, __ATOMIC_RELEASE);
+}
+
+void repl_replica_pass(struct worker *w)
+{
+    uint64_t epoch = __atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE);
+    if (epoch != w->link_epoch_seen)
+        switch_link(w, __atomic_load_n(&repl.link, __ATOMIC_ACQUIRE), epoch);
+    struct repl_link *L = w->link;
+    if (!L)
+        return;
+    int k = L->slot;
+    uint64_t ring_master = 0; /* bit m: tell master worker m we advanced */
+    for (uint32_t s = (uint32_t)w->id, i = 0; s < srv.nshards; s += (uint32_t)srv.nworkers, i++) {
+        if (!w->rstarted[i]) {
+            if (!__atomic_load_n(&ctl_start_set(&L->ctl, k)[s], __ATOMIC_ACQUIRE))
+                continue;
+            w->rpos[i] = ctl_sync_start(&L->ctl, k)[s];
+            w->rstarted[i] = 1;
+        }
+        uint64_t pos = w->rpos[i];
+        struct ring_rec rec;
+        int rc = RING_NONE;
+        for (int n = 0; n < APPLY_BUDGET; n++) {
+            rc = ring_read(&L->log, s, pos, &w->rbuf, &w->rcap, &rec);
+            if (rc != RING_OK)
+                break;
+            apply(w, s, &rec);
+            pos = rec.next;
+        }
+        if (rc == RING_LAPPED || rc == RING_CORRUPT) {
+            rk_log(RK_LOG_WARNING, "replica: shard %u log %s at position %llu", s,
+                   rc == RING_LAPPED ? "lapped" : "corrupt", (unsigned long long)pos);
+            __atomic_store_n(&repl.relink, 1, __ATOMIC_RELEASE);
+            w->link = NULL; /* stop applying until the main thread relinks */
+            return;
+        }
+        if (pos != w->rpos[i]) {
+            w->rpos[i] = pos;
+            __atomic_store_n(&ctl_applied(&L->ctl, k)[s], pos, __ATOMIC_RELEASE);
+            ring_master |= 1ull << (s % (uint32_t)L->master_workers);
+        }
+    }
+    if (ring_master) {
+        /* Our applied positions are stored before we look at the master's flags. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        for (int m = 0; m < L->master_workers; m++) {
+            if (!(ring_master & (1ull << m)) ||
+                !__atomic_load_n(&L->ctl.hdr->ack_waiting[m], __ATOMIC_RELAXED))
+                continue;
+            __atomic_store_n(&L->ctl.hdr->ack_waiting[m], 0, __ATOMIC_RELAXED);
+            uint64_t one = 1;
+            ssize_t n = write(L->master_efds[m], &one, sizeof(one)); /* non-blocking eventfd */
+            (void)n;
+        }
+    }
+}
+
+static bool records_waiting(struct worker *w, struct repl_link *L)
+{
+    for (uint32_t s = (uint32_t)w->id, i = 0; s < srv.nshards; s += (uint32_t)srv.nworkers, i++) {
+        if (!w->rstarted[i]) {
+            if (__atomic_load_n(&ctl_start_set(&L->ctl, L->slot)[s], __ATOMIC_ACQUIRE))
+                return true;
+        } else if (ring_tail(&L->log, s) != w->rpos[i]) {
+            return true;
+        }
+    }
+    return false;
+}
+
+bool repl_replica_busy(struct worker *w)
+{
+    if (__atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE) != w->link_epoch_seen)
+        return true;
+    struct repl_link *L = w->link;
+    if (!L)
+        return false;
+    if (records_waiting(w, L))
+        return true;
+    struct ctl_slot *sl = ctl_slot(&L->ctl, L->slot);
+    __atomic_store_n(&sl->sleeping[w->id], 1, __ATOMIC_RELAXED);
+    /* Our flag is stored before we look at the tails once more (see net/repl.h). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (records_waiting(w, L)) {
+        __atomic_store_n(&sl->sleeping[w->id], 0, __ATOMIC_RELAXED);
+        return true;
+    }
+    return false;
+}
