@@ -683,3 +683,25 @@ void srv_debug(struct conn *c, struct req *req)
         unknown_subcommand(c, req, "DEBUG");
     }
 }
+
+void srv_wait(struct conn *c, struct req *req)
+{
+    long long need, timeout;
+    if (rk_str2ll(req->argv[1].p, req->argv[1].len, &need) < 0 ||
+        rk_str2ll(req->argv[2].p, req->argv[2].len, &timeout) < 0) {
+        reply_now_error(c, req, RK_ERR_NOTINT);
+        return;
+    }
+    if (timeout < 0) {
+        reply_now_error(c, req, "ERR timeout is negative");
+        return;
+    }
+    if (repl_is_replica()) {
+        reply_now_error(c, req, "ERR WAIT cannot be used with replica instances. Please also "
+                                "note that since Redis 4.0 if a replica is configured to be "
+                                "writable (which is not the default) writes to replicas are "
+                                "just local and are not propagated.");
+        return;
+    }
+    dispatch_wait(c, req, need, timeout);
+}

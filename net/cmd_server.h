@@ -28,6 +28,7 @@ SRV_CMD(srv_config);
 SRV_CMD(srv_command);
 SRV_CMD(srv_shutdown);
 SRV_CMD(srv_debug);
+SRV_CMD(srv_wait);
 
 /* The INFO text for the given sections (NULL: the default set), appended to b. */
 void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *argv);

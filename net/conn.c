@@ -158,7 +158,7 @@ void conn_part_done(struct conn *c, struct slot *s, int i)
 void conn_part_deliver(struct conn *c, struct slot *s, int i, const char *p, size_t n,
                        long long ival, long nelem)
 {
-    if (s->nparts == 1 && s->comb == COMB_ONE && s == c->slot_head) {
+    if (s->nparts == 1 && s->comb == COMB_ONE && s == c->slot_head && s->remaining == 1) {
         /* The common case, one remote key at the head of the queue: straight to pend. */
         c->slot_head = s->next;
         if (!c->slot_head)

@@ -46,17 +46,6 @@ struct xm_req {
     uint32_t lens[];
 };
 
-/* A reply coming back: the reply bytes follow. */
-struct xm_rep {
-    struct conn *conn;
-    struct slot *slot;
-    long long ival;
-    long nelem;
-    int32_t part;
-    uint32_t blen;
-    char bytes[];
-};
-
 /* ---- the command table ----------------------------------------------------------------- */
 
 #define W_ CMD_WRITE | CMD_DENYOOM
@@ -171,6 +160,9 @@ static const struct cmd_spec commands[] = {
      "server", "1.0.0", "Make the server a replica of another instance, or promote it as master"},
     {"ringkv.shminfo", 1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shminfo, 0, 0, 0,
      "server", "0.1.0", "Where a same-host replica attaches (Unix socket, host, shards)"},
+    {"wait", 3, 0, ROUTE_LOCAL, 0, 0, NULL, srv_wait, 0, 0, 0, "generic", "3.0.0",
+     "Wait for the synchronous replication of all the write commands sent in the context of "
+     "the current connection"},
     {"debug", -2, CMD_ADMIN, ROUTE_LOCAL, 0, 0, NULL, srv_debug, 0, 0, 0, "server", "1.0.0",
      "A container for debugging commands"},
 };
@@ -221,8 +213,8 @@ const struct cmd_spec *dispatch_lookup(const char *name, size_t len)
 
 /* ---- running keyspace commands ---------------------------------------------------------- */
 
-static void ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn *fn, int argc,
-                   const struct arg *argv, struct reply *r)
+void dispatch_ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn *fn, int argc,
+                     const struct arg *argv, struct reply *r)
 {
     struct ks_ctx ctx = {
         .shard = srv.shards[shard],
@@ -234,7 +226,7 @@ static void ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn *f
         .stats = &w->ks,
         .max_string = (uint64_t)cfg_max_bulk(),
     };
-    if (repl_logging() && !repl_is_replica()) {
+    if ((repl_logging() || sync_active()) && !repl_is_replica()) {
         ctx.on_change = repl_on_change;
         ctx.on_change_arg = w;
         w->cur_shard = shard;
@@ -279,10 +271,16 @@ static void run_part(struct conn *c, struct slot *sl, int part, uint32_t s, uint
         post_request(c, sl, part, s, hash, fn, argc, argv, proto, crlf);
         return;
     }
+    if (sync_active() && !repl_is_replica()) {
+        struct sync_target t = {.conn = c, .slot = sl, .part = part};
+        c->refs++;
+        sync_exec(c->w, s, hash, fn, argc, argv, proto, crlf, &t);
+        return;
+    }
     struct part *pt = &sl->parts[part];
     struct reply r;
     reply_init(&r, &pt->b, proto, crlf);
-    ks_run(c->w, s, hash, fn, argc, argv, &r);
+    dispatch_ks_run(c->w, s, hash, fn, argc, argv, &r);
     pt->ival = r.ival;
     pt->nelem = r.nelem;
     conn_part_done(c, sl, part);
@@ -301,10 +299,18 @@ void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t
         p += m->lens[i];
     }
     rk_assert((size_t)(p - (const char *)msg) == len);
+    if (sync_active() && !repl_is_replica()) {
+        struct sync_target t = {.remote = true, .from = from, .conn = m->conn, .slot = m->slot,
+                                .part = m->part};
+        sync_exec(w, m->shard, m->hash, m->fn, (int)m->argc, argv, m->proto, m->crlf, &t);
+        if (argv != stackv)
+            rk_free(argv);
+        return;
+    }
     struct reply r;
     w->scratch.len = 0;
     reply_init(&r, &w->scratch, m->proto, m->crlf);
-    ks_run(w, m->shard, m->hash, m->fn, (int)m->argc, argv, &r);
+    dispatch_ks_run(w, m->shard, m->hash, m->fn, (int)m->argc, argv, &r);
     if (argv != stackv)
         rk_free(argv);
     struct xm_rep *rp = worker_post(w, from, sizeof(*rp) + w->scratch.len, XM_REPLY);
@@ -348,15 +354,17 @@ void dispatch_shards(struct conn *c, struct req *req, ks_cmd_fn *fn, int comb, i
 void dispatch_shard(struct conn *c, struct req *req, uint32_t s, ks_cmd_fn *fn, int argc,
                     const struct arg *argv)
 {
-    if (shard_owner(s) == c->w) {
+    if (shard_owner(s) == c->w && !sync_active()) {
         struct reply r;
         conn_reply_begin(c, &r, req->proto, req->crlf);
-        ks_run(c->w, s, 0, fn, argc, argv, &r);
+        dispatch_ks_run(c->w, s, 0, fn, argc, argv, &r);
         conn_reply_end(c, &r);
         return;
     }
     struct slot *sl = conn_slot_new(c, 1, COMB_ONE, req->proto, req->crlf);
-    post_request(c, sl, 0, s, 0, fn, argc, argv, req->proto, req->crlf);
+    sl->remaining++;
+    run_part(c, sl, 0, s, 0, fn, argc, argv, req->proto, req->crlf);
+    conn_part_done(c, sl, -1);
 }
 
 /* Run argv's per-key command for each key (step arguments per key) as parts of slot sl. */
@@ -430,6 +438,14 @@ bool dispatch_combine(struct conn *c, struct slot *s)
     case COMB_OK:
         reply_ok(&r);
         break;
+    case COMB_MIN: {
+        long long m = s->nparts ? s->parts[0].ival : 0;
+        for (int i = 1; i < s->nparts; i++)
+            if (s->parts[i].ival < m)
+                m = s->parts[i].ival;
+        reply_int(&r, m);
+        break;
+    }
     case COMB_DIGEST: {
         uint8_t acc[KS_DIGEST_LEN] = {0};
         for (int i = 0; i < s->nparts; i++) {
@@ -547,9 +563,47 @@ static void remote_client_list(struct worker *w, int from, const struct xm_clist
     memcpy(rp->bytes, w->scratch.p, w->scratch.len);
 }
 
+struct xm_wait {
+    struct conn *conn;
+    struct slot *slot;
+    int32_t part;
+    uint32_t shard;
+    long long need, timeout_ms;
+};
+
+void dispatch_wait(struct conn *c, struct req *req, long long need, long long timeout_ms)
+{
+    struct slot *sl = conn_slot_new(c, (int)srv.nshards, COMB_MIN, req->proto, req->crlf);
+    sl->remaining++;
+    for (uint32_t s = 0; s < srv.nshards; s++) {
+        struct worker *o = shard_owner(s);
+        if (o == c->w) {
+            struct sync_target t = {.conn = c, .slot = sl, .part = (int)s};
+            c->refs++;
+            sync_wait_part(c->w, s, need, timeout_ms, &t);
+            continue;
+        }
+        struct xm_wait *m = worker_post(c->w, o->id, sizeof(*m), XM_WAIT);
+        m->conn = c;
+        m->slot = sl;
+        m->part = (int32_t)s;
+        m->shard = s;
+        m->need = need;
+        m->timeout_ms = timeout_ms;
+        c->refs++;
+    }
+    conn_part_done(c, sl, -1);
+}
+
 void dispatch_remote_other(struct worker *w, int from, uint32_t type, const void *msg, size_t len)
 {
-    if (type == XM_CLIENT_LIST) {
+    if (type == XM_WAIT) {
+        rk_assert(len == sizeof(struct xm_wait));
+        const struct xm_wait *m = msg;
+        struct sync_target t = {.remote = true, .from = from, .conn = m->conn, .slot = m->slot,
+                                .part = m->part};
+        sync_wait_part(w, m->shard, m->need, m->timeout_ms, &t);
+    } else if (type == XM_CLIENT_LIST) {
         rk_assert(len == sizeof(struct xm_clist));
         remote_client_list(w, from, msg);
     } else {
@@ -600,10 +654,15 @@ static void execute(struct conn *c, struct req *req)
     case ROUTE_KEY: {
         uint64_t h = kv_hash(req->argv[1].p, req->argv[1].len);
         uint32_t s = kv_shard_of(h, srv.shard_bits);
-        if (shard_owner(s) == w) {
+        if (shard_owner(s) == w && !sync_active()) {
             conn_reply_begin(c, &r, req->proto, req->crlf);
-            ks_run(w, s, h, cmd->ks, req->argc, req->argv, &r);
+            dispatch_ks_run(w, s, h, cmd->ks, req->argc, req->argv, &r);
             conn_reply_end(c, &r);
+        } else if (shard_owner(s) == w) {
+            struct slot *sl = conn_slot_new(c, 1, COMB_ONE, req->proto, req->crlf);
+            sl->remaining++;
+            run_part(c, sl, 0, s, h, cmd->ks, req->argc, req->argv, req->proto, req->crlf);
+            conn_part_done(c, sl, -1);
         } else {
             struct slot *sl = conn_slot_new(c, 1, COMB_ONE, req->proto, req->crlf);
             post_request(c, sl, 0, s, h, cmd->ks, req->argc, req->argv, req->proto, req->crlf);

@@ -58,6 +58,33 @@ void dispatch_client_list(struct conn *c, struct req *req);
 /* One line of CLIENT LIST for c (appended to b). */
 void conn_describe(struct conn *c, struct buf *b, int64_t now_ms);
 
+/* A reply coming back from the worker that ran a request: the reply bytes follow. */
+struct xm_rep {
+    struct conn *conn;
+    struct slot *slot;
+    long long ival;
+    long nelem;
+    int32_t part;
+    uint32_t blen;
+    char bytes[];
+};
+
+/* Where a reply made on a shard's owner goes: part `part` of a slot of connection conn, on
+ * this worker (remote false; the caller took a reference on conn) or on worker `from`. */
+struct sync_target {
+    bool remote;
+    int from;
+    struct conn *conn;
+    struct slot *slot;
+    int part;
+};
+
+/* Run a keyspace command on shard s of this worker, replying through r. */
+void dispatch_ks_run(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int argc,
+                     const struct arg *argv, struct reply *r);
+/* WAIT numreplicas timeout: one part per shard, the smallest count wins. */
+void dispatch_wait(struct conn *c, struct req *req, long long need, long long timeout_ms);
+
 /* conn.c calls this when every part of s is in: build s->out and return true, or start the
  * next phase (MSETNX) and return false. */
 bool dispatch_combine(struct conn *c, struct slot *s);

@@ -129,6 +129,20 @@ static inline bool repl_is_replica(void)
     return __atomic_load_n(&repl.is_replica, __ATOMIC_ACQUIRE);
 }
 
+/* repl_sync.c: semi-sync and sync writes (see there). */
+struct sync_target;
+bool sync_active(void);
+/* Run fn for target on shard s (owned by w), holding or deferring it as the mode requires. */
+void sync_exec(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int argc,
+               const struct arg *argv, int proto, int crlf, const struct sync_target *t);
+/* One shard's part of WAIT: answer once `need` replicas have everything logged so far. */
+void sync_wait_part(struct worker *w, uint32_t s, long long need, long long timeout_ms,
+                    const struct sync_target *t);
+void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, size_t n,
+                  long long ival, long nelem);
+void sync_progress(struct worker *w);
+bool sync_busy(struct worker *w);
+
 /* repl_replica.c, for repl_master.c */
 int repl_replica_prepare(void);
 void repl_replica_tick(void);

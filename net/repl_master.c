@@ -42,6 +42,9 @@ void repl_on_change(void *arg, enum ks_change what, const struct kv_entry *e, co
     struct worker *w = arg;
     uint32_t s = w->cur_shard;
     uint64_t end = 0;
+    w->sync_wrote = true;
+    if (!repl_logging())
+        return;
     if (what == KS_CHANGE_SET) {
         size_t kl, vl;
         const char *k = kv_entry_key(e, &kl);

@@ -70,6 +70,7 @@ enum combine {
     COMB_FIRST,     /* first part that is not nil, else nil: RANDOMKEY */
     COMB_MSETNX,    /* phase 1 sums EXISTS, phase 2 sets: MSETNX */
     COMB_TEXT,      /* parts' text concatenated into one bulk: CLIENT LIST */
+    COMB_MIN,       /* integer: smallest ival: WAIT */
 };
 
 /* A reply not yet sent, in request order.  Slots exist only while some earlier reply of the
@@ -168,6 +169,10 @@ struct worker {
     uint64_t *rpos;        /* replica: per own shard, next log position to apply */
     uint8_t *rstarted;     /* replica: per own shard, rpos is valid */
     char *rbuf;            /* replica: record copy buffer */
+    void *ssync;           /* per own shard: held replies and commands (net/repl_sync.c) */
+    int64_t sync_held;     /* entries held in all our shards' queues */
+    bool sync_wrote;       /* the command running now changed its shard */
+    int64_t last_tick_ms;
     size_t rcap;
     int slot_pool_len;
 };
@@ -195,7 +200,7 @@ static inline struct worker *shard_owner(uint32_t s)
 }
 
 /* Record types in the xrings between workers. */
-enum { XM_REQUEST = 1, XM_REPLY = 2, XM_CLIENT_LIST = 3 };
+enum { XM_REQUEST = 1, XM_REPLY = 2, XM_CLIENT_LIST = 3, XM_WAIT = 4 };
 
 /* worker.c */
 int workers_start(void);         /* 0 or -errno, after logging why */

@@ -426,8 +426,9 @@ static void arm_eventfd(struct worker *w)
 
 static void arm_timer(struct worker *w)
 {
+    /* A faster tick while replies wait for replicas, so sync-timeout is kept to ~10 ms. */
     w->tick.tv_sec = 0;
-    w->tick.tv_nsec = TICK_MS * 1000000L;
+    w->tick.tv_nsec = (w->sync_held ? 10 : TICK_MS) * 1000000L;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_timeout(sqe, &w->tick, 0, 0);
     io_uring_sqe_set_data64(sqe, UD(NULL, UD_TIMER));
@@ -436,6 +437,9 @@ static void arm_timer(struct worker *w)
 /* Every 100 ms: active expiry and resize work on our shards, idle clients, stop requests. */
 static void on_tick(struct worker *w)
 {
+    if (w->now_ms - w->last_tick_ms < TICK_MS)
+        return; /* a fast tick for sync-timeout only: the loop already ran sync_progress */
+    w->last_tick_ms = w->now_ms;
     bool replica = repl_is_replica();
     bool logging = repl_logging();
     for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
@@ -662,8 +666,10 @@ static void *worker_main(void *arg)
         drain_xrings(w);
         if (repl_is_replica())
             repl_replica_pass(w);
-        else
+        else {
             repl_master_pass(w);
+            sync_progress(w);
+        }
         flush_dirty(w);
         ring_bells(w);
         {
@@ -671,7 +677,7 @@ static void *worker_main(void *arg)
             __atomic_store_n(&w->sleeping, 1, __ATOMIC_RELAXED);
             __atomic_thread_fence(__ATOMIC_SEQ_CST);
             bool busy = xrings_readable(w) || w->dirty ||
-                        (repl_is_replica() ? repl_replica_busy(w) : repl_master_busy(w));
+                        (repl_is_replica() ? repl_replica_busy(w) : repl_master_busy(w) || sync_busy(w));
             for (int j = 0; j < srv.nworkers && !busy; j++)
                 busy = w->ring_bell[j];
             if (busy || io_uring_cq_ready(&w->ring))

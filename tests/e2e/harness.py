@@ -185,8 +185,8 @@ class _Process:
         if rep:
             problems.append("sanitizer report in its output:\n" + rep)
         elif problems:
-            problems.append("its stderr ends with:\n" +
-                            self.stderr().decode(errors="replace")[-2000:])
+            problems.append("its output ends with:\n" +
+                            (self.stdout() + self.stderr()).decode(errors="replace")[-2000:])
         if problems:
             msg = "\n".join(problems)
             if tc is not None:

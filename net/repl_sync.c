@@ -1,0 +1,344 @@
+/*
+ * repl_sync: semi-sync and sync writes, and WAIT.
+ *
+ * In sync-mode semi or sync, a write's reply leaves only once sync-replicas replicas have
+ * received (semi) or applied (sync) the log records it made.  Same-host replicas apply what
+ * they read straight from the log, so for them received and applied are the same position.
+ *
+ * HOLDING.  Every keyspace command in these modes runs through sync_exec() on the shard's
+ * owner.  A command that changed the shard has its reply kept in the shard's queue with the
+ * log position after its records; sync_progress() releases replies from the head of the queue
+ * as replicas' applied positions in the control region pass them, and at sync-timeout
+ * follows sync-fallback (reply anyway and count it in INFO sync_timeouts, or reply an error).
+ *
+ * NOT VISIBLE BEFORE IT IS ACKNOWLEDGED.  While a shard has a write waiting, a command that
+ * could observe it is not run: it is copied into the same queue and run when it reaches the
+ * head and every write logged so far on the shard is acknowledged (or released by the
+ * fallback).  Only blind writes (SET without NX/XX/GET, SETEX, PSETEX, the parts of MSET) run
+ * at once while writes wait, since their replies do not depend on what is stored; once any
+ * command waits in the queue, everything after it on that shard waits too, in order, so reads
+ * cannot be starved by a stream of writes.  So no client of the master can read a write that
+ * a failover could still lose.  Acks are batched: one replica position covers every write
+ * logged before it, so a single ack releases all the replies it passes.
+ *
+ * WAIT numreplicas timeout runs on every shard (a part per shard) and answers the smallest
+ * number of replicas that have every write logged on that shard before the WAIT.
+ */
+#include "net/repl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "net/config.h"
+#include "net/dispatch.h"
+#include "net/server.h"
+
+enum held_kind { HELD_REPLY, HELD_CMD, HELD_WAIT };
+
+struct held {
+    struct held *next;
+    uint8_t kind;
+    uint8_t proto, crlf;
+    struct sync_target t;
+    uint64_t pos;      /* HELD_REPLY, HELD_WAIT: log position to be acknowledged */
+    int64_t deadline;  /* ms; INT64_MAX = none */
+    long long need;    /* HELD_WAIT: replicas wanted */
+    long long ival;
+    long nelem;
+    ks_cmd_fn *fn;     /* HELD_CMD */
+    uint64_t hash;
+    int argc;
+    struct arg *argv;
+    struct buf b;      /* HELD_REPLY: the reply; HELD_CMD: the argument bytes */
+};
+
+struct shard_sync {
+    struct held *head, *tail; /* replies and commands, in execution order */
+    struct held *waits;       /* WAIT parts, released independently */
+    int cmds;                 /* HELD_CMD entries in the queue */
+    int64_t last_write_deadline;
+};
+
+bool sync_active(void)
+{
+    return cfg_sync_mode() != SYNC_ASYNC;
+}
+
+static struct shard_sync *ss_of(struct worker *w, uint32_t s)
+{
+    if (!w->ssync)
+        w->ssync = rk_calloc(srv.nshards / (uint32_t)srv.nworkers + 1, sizeof(struct shard_sync));
+    return &((struct shard_sync *)w->ssync)[s / (uint32_t)srv.nworkers];
+}
+
+/* How many replicas have applied shard s up to pos. */
+static long long acked(uint32_t s, uint64_t pos)
+{
+    if (!repl.ctl.hdr || pos == UINT64_MAX)
+        return 0;
+    long long n = 0;
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
+            continue;
+        if (__atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE) >= pos)
+            n++;
+    }
+    return n;
+}
+
+static uint64_t log_tail(uint32_t s)
+{
+    return repl_logging() ? ring_tail(&repl.log, s) : UINT64_MAX;
+}
+
+void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, size_t n,
+                  long long ival, long nelem)
+{
+    if (t->remote) {
+        struct xm_rep *rp = worker_post(w, t->from, sizeof(*rp) + n, XM_REPLY);
+        rp->conn = t->conn;
+        rp->slot = t->slot;
+        rp->ival = ival;
+        rp->nelem = nelem;
+        rp->part = t->part;
+        rp->blen = (uint32_t)n;
+        memcpy(rp->bytes, p, n);
+    } else {
+        struct conn *c = t->conn;
+        c->refs--;
+        conn_part_deliver(c, t->slot, t->part, p, n, ival, nelem);
+        conn_release(c);
+    }
+}
+
+static struct held *held_new(struct shard_sync *ss, int kind, const struct sync_target *t,
+                             int proto, int crlf)
+{
+    struct held *h = rk_calloc(1, sizeof(*h));
+    h->kind = (uint8_t)kind;
+    h->t = *t;
+    h->proto = (uint8_t)proto;
+    h->crlf = (uint8_t)crlf;
+    if (kind == HELD_WAIT) {
+        h->next = ss->waits;
+        ss->waits = h;
+    } else {
+        if (ss->tail)
+            ss->tail->next = h;
+        else
+            ss->head = h;
+        ss->tail = h;
+    }
+    return h;
+}
+
+static void held_free(struct held *h)
+{
+    buf_free(&h->b);
+    rk_free(h->argv);
+    rk_free(h);
+}
+
+/* Is this command a blind write: its reply can't depend on what is stored? */
+static bool blind_write(ks_cmd_fn *fn, int argc, const struct arg *argv)
+{
+    if (fn == ks_mset_one || fn == ks_setex || fn == ks_psetex)
+        return true;
+    if (fn != ks_set)
+        return false;
+    for (int i = 3; i < argc; i++) {
+        const struct arg *a = &argv[i];
+        if (rk_eqi(a->p, a->len, "nx") || rk_eqi(a->p, a->len, "xx") ||
+            rk_eqi(a->p, a->len, "get"))
+            return false;
+    }
+    return true;
+}
+
+/* Run fn now; hold its reply if it wrote. */
+static void run_now(struct worker *w, struct shard_sync *ss, uint32_t s, uint64_t hash,
+                    ks_cmd_fn *fn, int argc, const struct arg *argv, int proto, int crlf,
+                    const struct sync_target *t, struct held *into)
+{
+    struct reply r;
+    w->scratch.len = 0;
+    reply_init(&r, &w->scratch, proto, crlf);
+    w->sync_wrote = false;
+    dispatch_ks_run(w, s, hash, fn, argc, argv, &r);
+    if (!w->sync_wrote) {
+        sync_deliver(w, t, w->scratch.p, w->scratch.len, r.ival, r.nelem);
+        return;
+    }
+    struct held *h = into;
+    if (!h) {
+        h = held_new(ss, HELD_REPLY, t, proto, crlf);
+    } else {
+        h->kind = HELD_REPLY;
+        h->b.len = 0;
+        rk_free(h->argv);
+        h->argv = NULL;
+    }
+    h->pos = log_tail(s);
+    h->deadline = w->now_ms + cfg_sync_timeout();
+    ss->last_write_deadline = h->deadline;
+    h->ival = r.ival;
+    h->nelem = r.nelem;
+    buf_append(&h->b, w->scratch.p, w->scratch.len);
+    w->sync_held++;
+}
+
+void sync_exec(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int argc,
+               const struct arg *argv, int proto, int crlf, const struct sync_target *t)
+{
+    struct shard_sync *ss = ss_of(w, s);
+    if (ss->cmds > 0 || (ss->head && !blind_write(fn, argc, argv))) {
+        /* Wait behind the writes not yet acknowledged: keep a private copy. */
+        struct held *h = held_new(ss, HELD_CMD, t, proto, crlf);
+        h->fn = fn;
+        h->hash = hash;
+        h->argc = argc;
+        h->argv = rk_malloc(sizeof(struct arg) * (size_t)argc);
+        size_t total = 0;
+        for (int i = 0; i < argc; i++)
+            total += argv[i].len;
+        buf_reserve(&h->b, total ? total : 1);
+        for (int i = 0; i < argc; i++) {
+            h->argv[i].p = h->b.p + h->b.len;
+            h->argv[i].len = argv[i].len;
+            buf_append(&h->b, argv[i].p, argv[i].len);
+        }
+        h->deadline = INT64_MAX;
+        ss->cmds++;
+        w->sync_held++;
+        return;
+    }
+    run_now(w, ss, s, hash, fn, argc, argv, proto, crlf, t, NULL);
+}
+
+void sync_wait_part(struct worker *w, uint32_t s, long long need, long long timeout_ms,
+                    const struct sync_target *t)
+{
+    struct shard_sync *ss = ss_of(w, s);
+    uint64_t pos = repl_logging() ? ring_tail(&repl.log, s) : 0;
+    long long have = acked(s, pos);
+    if (have >= need) {
+        struct reply r;
+        w->scratch.len = 0;
+        reply_init(&r, &w->scratch, PROTO_RESP, 0);
+        reply_int(&r, have);
+        sync_deliver(w, t, w->scratch.p, w->scratch.len, have, 0);
+        return;
+    }
+    struct held *h = held_new(ss, HELD_WAIT, t, PROTO_RESP, 0);
+    h->pos = pos;
+    h->need = need;
+    h->deadline = timeout_ms > 0 ? w->now_ms + timeout_ms : INT64_MAX;
+    w->sync_held++;
+}
+
+static void release_reply(struct worker *w, struct held *h, bool timed_out)
+{
+    if (timed_out) {
+        __atomic_add_fetch(&repl.sync_timeouts, 1, __ATOMIC_RELAXED);
+        if (cfg_sync_fallback() == FALLBACK_ERROR) {
+            struct buf b = {0};
+            struct reply r;
+            reply_init(&r, &b, h->proto, h->crlf);
+            reply_errorf(&r, "NOREPL the write was applied on the master but not confirmed by "
+                             "%lld replica(s) within sync-timeout",
+                         cfg_sync_replicas());
+            sync_deliver(w, &h->t, b.p, b.len, 0, 0);
+            buf_free(&b);
+            return;
+        }
+    }
+    sync_deliver(w, &h->t, h->b.p, h->b.len, h->ival, h->nelem);
+}
+
+/* Release what can be released on shard s. */
+static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
+{
+    long long need = cfg_sync_replicas();
+    bool async = !sync_active();
+    int64_t now = w->now_ms;
+    struct held *h;
+    while ((h = ss->head)) {
+        if (h->kind == HELD_REPLY) {
+            bool ok = async || acked(s, h->pos) >= need;
+            if (!ok && now < h->deadline)
+                break;
+            ss->head = h->next;
+            if (!ss->head)
+                ss->tail = NULL;
+            release_reply(w, h, !ok);
+            held_free(h);
+            w->sync_held--;
+        } else {
+            /* A command waits until every write logged so far is acknowledged. */
+            bool ok = async || acked(s, log_tail(s)) >= need || now >= ss->last_write_deadline;
+            if (!ok)
+                break;
+            ss->cmds--;
+            w->sync_held--;
+            struct held tmp = *h;
+            /* Run it in place: if it writes, it becomes a held reply at the head. */
+            run_now(w, ss, s, tmp.hash, tmp.fn, tmp.argc, tmp.argv, tmp.proto, tmp.crlf, &tmp.t,
+                    h);
+            if (h->kind == HELD_CMD) {
+                /* It did not write: its reply went out, drop the entry. */
+                ss->head = h->next;
+                if (!ss->head)
+                    ss->tail = NULL;
+                held_free(h);
+            } else {
+                h->t = tmp.t;
+            }
+        }
+    }
+    struct held **pp = &ss->waits;
+    while ((h = *pp)) {
+        long long have = acked(s, h->pos);
+        if (have < h->need && now < h->deadline) {
+            pp = &h->next;
+            continue;
+        }
+        *pp = h->next;
+        struct reply r;
+        w->scratch.len = 0;
+        reply_init(&r, &w->scratch, PROTO_RESP, 0);
+        reply_int(&r, have);
+        sync_deliver(w, &h->t, w->scratch.p, w->scratch.len, have, 0);
+        held_free(h);
+        w->sync_held--;
+    }
+}
+
+void sync_progress(struct worker *w)
+{
+    if (!w->sync_held)
+        return;
+    for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
+        struct shard_sync *ss = ss_of(w, s);
+        if (ss->head || ss->waits)
+            progress_shard(w, s, ss);
+    }
+}
+
+bool sync_busy(struct worker *w)
+{
+    if (!w->sync_held || !repl.ctl.hdr)
+        return false;
+    /* Have replicas ring us as they apply; the fence orders the flag before our last look. */
+    __atomic_store_n(&repl.ctl.hdr->ack_waiting[w->id], 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    long long need = cfg_sync_replicas();
+    for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
+        struct shard_sync *ss = ss_of(w, s);
+        if (ss->head && ss->head->kind == HELD_REPLY && acked(s, ss->head->pos) >= need)
+            return true;
+        for (struct held *h = ss->waits; h; h = h->next)
+            if (acked(s, h->pos) >= h->need)
+                return true;
+    }
+    return false;
+}
