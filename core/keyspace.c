@@ -57,6 +57,8 @@ struct kv_entry *ks_lookup(struct ks_ctx *ctx, const char *key, size_t klen)
     struct kv_entry *e = shard_get(ctx->shard, ctx->hash, key, klen);
     if (!e || !ks_expired(ctx, e))
         return e;
+    if (ctx->keep_expired)
+        return NULL;
     shard_del(ctx->shard, ctx->hash, key, klen);
     if (ctx->stats)
         KS_STAT_INC(ctx->stats, expired_keys);

@@ -46,6 +46,8 @@ struct ks_ctx {
     struct reply *r;
     struct ks_stats *stats;
     uint64_t max_string; /* proto-max-bulk-len: longest value APPEND/SETRANGE build; 0 = 512 MiB */
+    bool keep_expired;   /* a replica: an expired key reads as absent but is not removed (its
+                          * master's DEL record removes it) */
     /* Called after each change, on the owner thread; e is the new entry for SET (key, value,
      * deadline), NULL for FLUSH; for DEL key/klen name the key. */
     void (*on_change)(void *arg, enum ks_change what, const struct kv_entry *e, const char *key,

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 int rk_log_level = RK_LOG_NOTICE;
+char rk_log_role = 'M';
 static FILE *log_fp;
 
 void rk_assert_fail(const char *expr, const char *file, int line)
@@ -325,6 +326,6 @@ void rk_log(int level, const char *fmt, ...)
     char ts[64];
     size_t n = strftime(ts, sizeof(ts), "%d %b %Y %H:%M:%S", &tm);
     snprintf(ts + n, sizeof(ts) - n, ".%03d", (int)(tv.tv_usec / 1000));
-    fprintf(fp, "%d:M %s %c %s\n", (int)getpid(), ts, marks[level & 3], msg);
+    fprintf(fp, "%d:%c %s %c %s\n", (int)getpid(), rk_log_role, ts, marks[level & 3], msg);
     fflush(fp);
 }

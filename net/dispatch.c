@@ -225,6 +225,7 @@ void dispatch_ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn 
         .r = r,
         .stats = &w->ks,
         .max_string = (uint64_t)cfg_max_bulk(),
+        .keep_expired = repl_is_replica(),
     };
     if ((repl_logging() || sync_active()) && !repl_is_replica()) {
         ctx.on_change = repl_on_change;

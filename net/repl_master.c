@@ -147,6 +147,7 @@ int repl_prepare(void)
     snprintf(repl.master_host, sizeof(repl.master_host), "%s", host);
     repl.master_port = port;
     repl.is_replica = true;
+    rk_log_role = 'S';
     repl.link_down_since_ms = rk_now_ms();
     return repl_replica_prepare();
 }

@@ -371,6 +371,7 @@ static void handle_request(void)
         if (repl_is_replica()) {
             link_down("REPLICAOF NO ONE");
             __atomic_store_n(&repl.is_replica, false, __ATOMIC_RELEASE);
+            rk_log_role = 'M';
             rk_log(RK_LOG_NOTICE, "MASTER MODE enabled (user request)");
         }
     } else {
@@ -379,6 +380,7 @@ static void handle_request(void)
         repl.master_port = r->port;
         repl.next_try_ms = 0;
         __atomic_store_n(&repl.is_replica, true, __ATOMIC_RELEASE);
+        rk_log_role = 'S';
         rk_log(RK_LOG_NOTICE, "REPLICAOF %s:%d enabled (user request)", r->host, r->port);
     }
     rk_free(r);

@@ -1160,3 +1160,26 @@ Test(keyspace, scan_line_protocol)
     put_raw("k", "v", KV_NO_EXPIRE);
     EXPECT("0\nk\n", ks_scan_shard, "SCAN", "0");
 }
+
+/* A replica reads an expired key as absent but leaves it for its master's DEL record. */
+Test(keyspace, replica_keeps_expired_keys_until_del)
+{
+    struct shard *sh = shard_new();
+    struct buf b = {0};
+    struct reply r;
+    reply_init(&r, &b, PROTO_RESP, 0);
+    struct ks_ctx ctx = {.shard = sh, .now_ms = 1000, .r = &r, .keep_expired = true};
+    ctx.hash = kv_hash("k", 1);
+    shard_put(sh, ctx.hash, kv_entry_new("k", 1, "v", 1, 500));
+    struct arg get[] = {{"GET", 3}, {"k", 1}};
+    ks_get(&ctx, 2, get);
+    cr_assert_eq(b.len, 5);
+    cr_assert(memcmp(b.p, "$-1\r\n", 5) == 0);
+    cr_assert_not_null(shard_get(sh, ctx.hash, "k", 1), "still stored on the replica");
+    ctx.keep_expired = false;
+    b.len = 0;
+    ks_get(&ctx, 2, get);
+    cr_assert_null(shard_get(sh, ctx.hash, "k", 1), "a master removes it");
+    buf_free(&b);
+    shard_free(sh);
+}
