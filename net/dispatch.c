@@ -321,7 +321,8 @@ void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t
     rp->nelem = r.nelem;
     rp->part = m->part;
     rp->blen = (uint32_t)w->scratch.len;
-    memcpy(rp->bytes, w->scratch.p, w->scratch.len);
+    if (w->scratch.len)
+        memcpy(rp->bytes, w->scratch.p, w->scratch.len);
     if (w->scratch.cap > (1u << 20))
         buf_free(&w->scratch);
 }
@@ -561,7 +562,8 @@ static void remote_client_list(struct worker *w, int from, const struct xm_clist
     rp->nelem = 0;
     rp->part = m->part;
     rp->blen = (uint32_t)w->scratch.len;
-    memcpy(rp->bytes, w->scratch.p, w->scratch.len);
+    if (w->scratch.len)
+        memcpy(rp->bytes, w->scratch.p, w->scratch.len);
 }
 
 struct xm_wait {

@@ -102,7 +102,8 @@ void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, 
         rp->nelem = nelem;
         rp->part = t->part;
         rp->blen = (uint32_t)n;
-        memcpy(rp->bytes, p, n);
+        if (n)
+            memcpy(rp->bytes, p, n);
     } else {
         struct conn *c = t->conn;
         c->refs--;

@@ -672,6 +672,8 @@ static void *worker_main(void *arg)
         }
         flush_dirty(w);
         ring_bells(w);
+        if (w->stop || __atomic_load_n(&srv.stop, __ATOMIC_RELAXED))
+            break;
         {
             /* Sleep only if nothing arrived meanwhile (see SLEEPING AND DOORBELLS). */
             __atomic_store_n(&w->sleeping, 1, __ATOMIC_RELAXED);
