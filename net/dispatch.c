@@ -19,9 +19,9 @@
  *
  * Multi-key commands become one single-key command per key, so each key's part is atomic
  * within its shard; MGET's, DEL's and MSET's parts are combined in key order.  MSETNX checks
- * every key first (phase 1) and sets them only if none exists (phase 2); between the phases
- * another client may write one of the keys: MSETNX is atomic only when all its keys share a
- * shard.
+ * every key first (phase 1) and sets them all only if none exists (phase 2: plain sets, so a
+ * key named twice ends with its last value, as in Redis); between the phases another client
+ * may write one of the keys: MSETNX is atomic only when all its keys share a shard.
  */
 #include "net/dispatch.h"
 
@@ -492,7 +492,7 @@ bool dispatch_combine(struct conn *c, struct slot *s)
                     s->parts[i].done = false;
                 }
                 s->remaining = s->nparts;
-                run_keys(c, s, ks_msetnx_one, 2, s->argc, s->argv, PROTO_RESP, 0);
+                run_keys(c, s, ks_mset_one, 2, s->argc, s->argv, PROTO_RESP, 0);
                 return false;
             }
             reply_int(&r, 0);
