@@ -239,7 +239,7 @@ void srv_hello(struct conn *c, struct req *req)
     if (!c->authed && cfg_requirepass()[0]) {
         reply_now_error(c, req,
                         "NOAUTH HELLO must be called with the client already authenticated, "
-                        "otherwise the HELLO <proto> AUTH <user> <pass> option can be used to "
+                        "otherwise the HELLO AUTH <user> <pass> option can be used to "
                         "authenticate the client and select the RESP protocol version at the "
                         "same time");
         return;
@@ -351,9 +351,12 @@ void srv_client(struct conn *c, struct req *req)
     } else if (rk_eqi(sub->p, sub->len, "id") || rk_eqi(sub->p, sub->len, "setname") ||
                rk_eqi(sub->p, sub->len, "getname") || rk_eqi(sub->p, sub->len, "info") ||
                rk_eqi(sub->p, sub->len, "setinfo")) {
+        char lower[16];
+        size_t n = sub->len < sizeof(lower) ? sub->len : sizeof(lower) - 1;
+        for (size_t i = 0; i < n; i++)
+            lower[i] = (char)((sub->p[i] >= 'A' && sub->p[i] <= 'Z') ? sub->p[i] + 32 : sub->p[i]);
         conn_reply_begin(c, &r, req->proto, req->crlf);
-        reply_errorf(&r, "ERR wrong number of arguments for 'client|%.*s' command", (int)sub->len,
-                     sub->p);
+        reply_errorf(&r, "ERR wrong number of arguments for 'client|%.*s' command", (int)n, lower);
         conn_reply_end(c, &r);
     } else if (rk_eqi(sub->p, sub->len, "list")) {
         reply_now_error(c, req, RK_ERR_SYNTAX);
@@ -515,6 +518,16 @@ void srv_info(struct conn *c, struct req *req)
 
 /* ---- CONFIG, COMMAND ----------------------------------------------------------------------- */
 
+static void reply_help(struct conn *c, struct req *req, const char *const *lines, size_t n)
+{
+    struct reply r;
+    conn_reply_begin(c, &r, req->proto, req->crlf);
+    reply_array(&r, (long)n);
+    for (size_t i = 0; i < n; i++)
+        reply_status(&r, lines[i]);
+    conn_reply_end(c, &r);
+}
+
 void srv_config(struct conn *c, struct req *req)
 {
     const struct arg *sub = &req->argv[1];
@@ -540,6 +553,18 @@ void srv_config(struct conn *c, struct req *req)
             __atomic_store_n(&w->ks.expired_keys, 0, __ATOMIC_RELAXED);
         }
         reply_now_ok(c, req);
+    } else if (rk_eqi(sub->p, sub->len, "help") && req->argc == 2) {
+        static const char *const lines[] = {
+            "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "GET <pattern>",
+            "    Return parameters matching the glob-like <pattern> and their values.",
+            "SET <directive> <value>",
+            "    Set the configuration <directive> to <value>.",
+            "RESETSTAT",
+            "    Reset statistics reported by the INFO command.",
+            "HELP",
+            "    Print this help."};
+        reply_help(c, req, lines, RK_ARRAY_LEN(lines));
     } else if (rk_eqi(sub->p, sub->len, "rewrite") && req->argc == 2) {
         reply_now_error(c, req,
                         cfg.config_file[0] ? "ERR CONFIG REWRITE is not supported by ringkv"
@@ -636,6 +661,23 @@ void srv_command(struct conn *c, struct req *req)
                     command_docs(&r, k);
             }
         }
+    } else if (rk_eqi(sub->p, sub->len, "help") && req->argc == 2) {
+        static const char *const lines[] = {
+            "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "(no subcommand)",
+            "    Return details about all commands.",
+            "COUNT",
+            "    Return the total number of commands in this server.",
+            "LIST",
+            "    Return a list of all commands in this server.",
+            "INFO [<command-name> ...]",
+            "    Return details about multiple commands.",
+            "DOCS [<command-name> ...]",
+            "    Return documentation details about multiple commands.",
+            "HELP",
+            "    Print this help."};
+        reply_help(c, req, lines, RK_ARRAY_LEN(lines));
+        return;
     } else if (rk_eqi(sub->p, sub->len, "list") && req->argc == 2) {
         conn_reply_begin(c, &r, req->proto, req->crlf);
         reply_array(&r, (long)n);

@@ -111,7 +111,7 @@ static const struct opt opts[] = {
     {.name = "pidfile", .type = OT_STR, FIELD(pidfile), .def = "", .arg = "<path>",
      .help = "file to write the process id to; empty = none"},
     {.name = "unixsocket", .type = OT_STR, FIELD(unixsocket), .def = "auto", .arg = "<path>",
-     .help = "Unix socket (mode 0600) for clients and same-host replicas; auto = "
+     .help = "Unix socket (mode 0600) where same-host replicas attach; auto = "
              "/tmp/ringkv-<port>.sock, empty = none"},
     {.name = "replicaof", .type = OT_WORDS, FIELD(replicaof), .max_words = 2, .def = NULL,
      .arg = "<host> <port>", .help = "start as a read-only replica of this master"},
