@@ -260,7 +260,7 @@ void srv_hello(struct conn *c, struct req *req)
     reply_bulk_cstr(&r, "mode");
     reply_bulk_cstr(&r, "standalone");
     reply_bulk_cstr(&r, "role");
-    reply_bulk_cstr(&r, "master");
+    reply_bulk_cstr(&r, repl_is_replica() ? "replica" : "master");
     reply_bulk_cstr(&r, "modules");
     reply_array(&r, 0);
     conn_reply_end(c, &r);
