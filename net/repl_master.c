@@ -356,6 +356,8 @@ struct walk_arg {
     struct worker *w;
     uint32_t s;
     int64_t now;
+    uint64_t bytes;   /* log bytes this slice appended */
+    uint64_t entries; /* entries this slice appended */
 };
 
 static void walk_emit(void *arg, const struct kv_entry *e)
@@ -367,14 +369,18 @@ static void walk_emit(void *arg, const struct kv_entry *e)
     size_t kl, vl;
     const char *k = kv_entry_key(e, &kl);
     const char *v = kv_entry_val(e, &vl);
+    uint64_t before = ring_tail(&repl.log, a->s);
     ring_append_set(&repl.log, a->s, k, kl, v, vl, exp);
+    a->bytes += ring_tail(&repl.log, a->s) - before;
+    a->entries++;
     a->w->repl_appended = true;
 }
 
-/* Is shard s's log more than half a ring ahead of a replica that is still syncing? */
-static bool walk_throttled(uint32_t s)
+/* How far shard s's log may still grow before it is half a ring ahead of the slowest replica
+ * that is still syncing (UINT64_MAX when none is). */
+static uint64_t walk_headroom(uint32_t s)
 {
-    uint64_t tail = ring_tail(&repl.log, s);
+    uint64_t tail = ring_tail(&repl.log, s), half = repl.log.hdr->size / 2, room = UINT64_MAX;
     for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
         if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
             continue;
@@ -387,10 +393,18 @@ static bool walk_throttled(uint32_t s)
         uint64_t start = ctl_sync_start(&repl.ctl, k)[s];
         if (applied < start)
             applied = start;
-        if (tail - applied > repl.log.hdr->size / 2)
-            return true;
+        uint64_t ahead = tail - applied;
+        uint64_t r = ahead >= half ? 0 : half - ahead;
+        if (r < room)
+            room = r;
     }
-    return false;
+    return room;
+}
+
+/* A walk slice needs room for a few of the largest records the log takes. */
+static bool walk_throttled(uint32_t s)
+{
+    return walk_headroom(s) < ring_max_payload(&repl.log) + sizeof(struct ring_frame);
 }
 
 static void start_walks(struct worker *w, uint32_t req)
@@ -467,8 +481,21 @@ void repl_master_pass(struct worker *w)
             w->walk_throttled = true;
             continue;
         }
+        /* Size the slice so that what it appends fits in the headroom: one home bucket may
+         * hold a few entries, each at most a quarter ring, and the headroom is at least that
+         * (walk_throttled); otherwise as many entries as the last slice's average allows. */
+        uint64_t room = walk_headroom(s);
+        size_t count = WALK_SLICE;
+        if (room != UINT64_MAX)
+            count = wk->avg_entry ? (size_t)(room / 2 / wk->avg_entry) : 1;
+        if (count > WALK_SLICE)
+            count = WALK_SLICE;
+        if (count < 1)
+            count = 1;
         struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
-        wk->cursor = shard_scan(srv.shards[s], wk->cursor, WALK_SLICE, walk_emit, &a);
+        wk->cursor = shard_scan(srv.shards[s], wk->cursor, count, walk_emit, &a);
+        if (a.entries)
+            wk->avg_entry = a.bytes / a.entries + 1;
         if (wk->cursor == 0) {
             wk->active = false;
             finish_walk(s, wk->req);

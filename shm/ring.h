@@ -9,7 +9,8 @@
  *
  * POSITIONS are 64-bit byte offsets into a shard's log that only grow; the byte at position p
  * lives at data[p & (size - 1)].  A FRAME is a struct ring_frame header, then its payload,
- * padded to 8 bytes.  Frames never wrap: when the space before the end of the ring is too
+ * padded to 16 bytes, the size of the header, so the space left before the end of the ring
+ * is always either none or room for at least a PAD frame's header.  Frames never wrap: when the space before the end of the ring is too
  * short, the writer fills it with a PAD frame and starts again at offset 0.
  *
  * PUBLISHING.  The writer first announces the end of the region it is about to overwrite
@@ -35,7 +36,7 @@
 #include <stdbool.h>
 
 #define RING_MAGIC 0x524b564c4f473031ull /* "RKVLOG01" */
-#define RING_ALIGN 8u
+#define RING_ALIGN 16u /* = sizeof(struct ring_frame): a PAD header always fits before the end */
 
 enum ring_rec_type {
     RING_PAD = 0,
