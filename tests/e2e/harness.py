@@ -21,13 +21,14 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # How long a server may take to exit after SIGTERM before it is killed (and the test fails).
-STOP_TIMEOUT = 5.0
+STOP_TIMEOUT = 8.0
 
 SANITIZER_MARKS = (b"ERROR: AddressSanitizer", b"ERROR: LeakSanitizer", b"runtime error:",
                    b"WARNING: ThreadSanitizer", b"ERROR: ThreadSanitizer")
@@ -130,7 +131,8 @@ class _Process:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
                     s.settimeout(2.0)
                     s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    # With requirepass, NOAUTH also says the server is up.
+                    if s.recv(64)[:6] in (b"+PONG\r", b"-NOAUT"):
                         return
             except OSError:
                 pass
@@ -151,7 +153,8 @@ class _Process:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.killed_after_timeout = True
+                self.killed_after_timeout = "%.0f s after %s" % (
+                    timeout, signal.Signals(sig).name)
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.rc = self.proc.returncode
@@ -174,10 +177,11 @@ class _Process:
 
     def check(self, tc=None, expect_rc=0):
         """After stop(): fail unless the exit status is expect_rc and stderr is clean."""
+        self.checked = True
         problems = []
         if getattr(self, "killed_after_timeout", False):
-            problems.append("%s (pid %d) did not exit within %.0f s of SIGTERM: killed" % (
-                self.name, self.proc.pid, STOP_TIMEOUT))
+            problems.append("%s (pid %d) had not exited %s: killed" % (
+                self.name, self.proc.pid, self.killed_after_timeout))
         elif self.rc != expect_rc:
             problems.append("%s exited with status %s, expected %s" % (
                 self.name, self.rc, expect_rc))
@@ -218,8 +222,11 @@ class Server(_Process):
     name = "ringkv-server"
 
     def __init__(self, *args, threads=2, shards=None, port=None, config_file=None,
-                 loglevel="notice", start=True, ready_timeout=30.0):
+                 loglevel="notice", start=True, ready_timeout=30.0, bare=False):
+        """bare: the command line is only [config_file] args (no --port, --bind, --threads,
+        --loglevel); port must then say where it will listen."""
         super().__init__()
+        self.bare = bare
         self.args = list(args)
         self.threads = threads
         self.shards = shards
@@ -233,6 +240,8 @@ class Server(_Process):
         a = [server_path()]
         if self.config_file:
             a.append(self.config_file)
+        if self.bare:
+            return a + self.args
         a += ["--port", str(self.port), "--bind", "127.0.0.1"]
         if self.threads is not None:
             a += ["--threads", str(self.threads)]
@@ -528,11 +537,18 @@ class ServerTestCase(unittest.TestCase):
         try:
             if s.rc is None:
                 s.stop()
-            s.check(self)
+            if not getattr(s, "checked", False):
+                s.check(self)
         finally:
             s.cleanup()
 
     def connect(self, srv, timeout=10.0):
+        """A Conn to srv, closed at cleanup.  If srv has died (an earlier test of a shared
+        server may have crashed it), fail with why rather than with "connection refused"."""
+        if srv.proc is not None and srv.proc.poll() is not None:
+            self.fail("%s is not running (exit status %s); its output ends with:\n%s" % (
+                srv.name, srv.proc.returncode, srv.sanitizer_report()
+                or (srv.stdout() + srv.stderr()).decode(errors="replace")[-2000:]))
         c = srv.conn(timeout)
         self.addCleanup(c.close)
         return c
@@ -556,3 +572,29 @@ class SharedServerTestCase(ServerTestCase):
             cls.srv.check()
         finally:
             cls.srv.cleanup()
+
+
+def send_in_background(conn, data, timeout=60.0):
+    """Send data from another thread, so that replies can be read meanwhile (a big pipeline
+    would otherwise fill both sides' socket buffers and stall).  Returns a function that
+    waits for the send to finish (up to timeout) and raises what it raised."""
+    err = []
+
+    def run():
+        try:
+            conn.send(data)
+        except BaseException as e:  # reported to the caller by join()
+            err.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join():
+        t.join(timeout)
+        if t.is_alive():
+            raise AssertionError("sending %d bytes did not finish within %.0f s" % (
+                len(data), timeout))
+        if err:
+            raise err[0]
+
+    return join

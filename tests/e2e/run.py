@@ -2,14 +2,13 @@
 """
 run: find and run every end-to-end test (tests/e2e/test_*.py) against the real ringkv-server.
 
-    /usr/bin/python3 tests/e2e/run.py [-v] [PATTERN ...]
+    /usr/bin/python3 tests/e2e/run.py [PATTERN ...]
 
 The server binary is $RINGKV_SERVER (default build/asan/ringkv-server, else
 build/rel/ringkv-server).  Each test prints one line: PASS, FAIL or SKIP, its name, its time
 (and a skip's reason).  The details of failures follow, then the closing line
 "N passed, N failed" (", N skipped" when some were skipped).  Exit status 0 only if none
-failed.  PATTERNs (substrings of "module.Class.test") select tests; -v prints server output
-paths.
+failed.  PATTERNs (substrings of "module.Class.test") select tests.
 """
 
 import os
@@ -28,9 +27,10 @@ class LineResult(unittest.TestResult):
     def __init__(self):
         super().__init__()
         self.passed = 0
-        self.failed = []   # (name, text)
+        self.failed = []   # (test id, what failed, traceback text)
         self.skipped_n = 0
         self.t0 = {}
+        self.printed = set()
 
     @staticmethod
     def _name(test):
@@ -45,6 +45,12 @@ class LineResult(unittest.TestResult):
         return time.monotonic() - t if t is not None else 0.0
 
     def _line(self, word, test, extra=""):
+        # One line per test: a test that fails again (in its cleanup) is listed once; its
+        # every failure is still printed in full at the end.
+        name = self._name(test)
+        if name in self.printed:
+            return
+        self.printed.add(name)
         print("%-4s %-70s %6.2fs%s" % (word, self._name(test), self._took(test), extra),
               flush=True)
 
@@ -55,7 +61,7 @@ class LineResult(unittest.TestResult):
 
     def addFailure(self, test, err):
         super().addFailure(test, err)
-        self.failed.append((self._name(test), self._exc_info_to_string(err, test)))
+        self.failed.append((test.id(), test.id(), self._exc_info_to_string(err, test)))
         self._line("FAIL", test)
 
     def addError(self, test, err):
@@ -64,7 +70,7 @@ class LineResult(unittest.TestResult):
         if isinstance(err[1], unittest.SkipTest):
             self.addSkip(test, str(err[1]))
             return
-        self.failed.append((self._name(test), self._exc_info_to_string(err, test)))
+        self.failed.append((test.id(), test.id(), self._exc_info_to_string(err, test)))
         self._line("FAIL", test, "  (error)")
 
     def addSkip(self, test, reason):
@@ -79,14 +85,16 @@ class LineResult(unittest.TestResult):
 
     def addUnexpectedSuccess(self, test):
         super().addUnexpectedSuccess(test)
-        self.failed.append((self._name(test), "unexpected success"))
+        self.failed.append((test.id(), test.id(), "unexpected success"))
         self._line("FAIL", test, "  (unexpected success)")
 
     def addSubTest(self, test, subtest, err):
         super().addSubTest(test, subtest, err)
         if err is not None:
-            self.failed.append((subtest.id(), self._exc_info_to_string(err, test)))
-            self._line("FAIL", subtest)
+            # Counted once, under its test's name.
+            self.failed.append((test.id(), "%s %s" % (test.id(), subtest._subDescription()),
+                                self._exc_info_to_string(err, test)))
+            self._line("FAIL", test)
 
 
 def flatten(suite):
@@ -115,11 +123,10 @@ def main(argv):
         print("0 passed, 1 failed")
         return 1
     unittest.TestSuite(tests).run(result)
-    for name, text in result.failed:
-        print("\n==== FAIL: %s\n%s" % (name, text), flush=True)
-    # A failing subtest also marks its test; count each test once.
-    failed_names = {n.split(" ")[0] for n, _ in result.failed}
-    nfailed = len(failed_names)
+    for _, what, text in result.failed:
+        print("\n==== FAIL: %s\n%s" % (what, text), flush=True)
+    # A test that failed more than once (its body and its cleanup) counts once.
+    nfailed = len({key for key, _, _ in result.failed})
     npassed = result.passed
     print("\n(%.1f s)" % (time.monotonic() - t0))
     line = "%d passed, %d failed" % (npassed, nfailed)

@@ -55,8 +55,8 @@ class MalformedResp(SharedServerTestCase):
 
     def test_unbalanced_quotes(self):
         c = self.connect(self.srv)
-        data = send_and_read_until_closed(c, b'SET k "abc\n')
-        self.assertTrue(data.startswith(b"ERR Protocol error: unbalanced quotes in request"), data)
+        self.assertEqual(send_and_read_until_closed(c, b'SET k "abc\n'),
+                         b"ERR Protocol error: unbalanced quotes in request\r\n")
         c = self.connect(self.srv)
         data = send_and_read_until_closed(c, b"GET 'x\r\n")
         self.assertEqual(data, b"ERR Protocol error: unbalanced quotes in request\r\n")
