@@ -51,8 +51,10 @@ void repl_on_change(void *arg, enum ks_change what, const struct kv_entry *e, co
         const char *v = kv_entry_val(e, &vl);
         end = ring_append_set(&repl.log, s, k, kl, v, vl, kv_entry_expire(e));
         if (!end)
-            rk_log(RK_LOG_WARNING, "a value of %zu bytes is too large for the replication log "
-                                   "(repl-ring-size): replicas will resync", vl);
+            rk_log(RK_LOG_WARNING,
+                   "a value of %zu bytes is too large for the replication log "
+                   "(repl-ring-size): replicas will resync",
+                   vl);
     } else if (what == KS_CHANGE_DEL) {
         end = ring_append_del(&repl.log, s, key, klen);
     } else {
@@ -211,8 +213,8 @@ static void handle_attach(int fd)
     char line[512];
     char cbuf[CMSG_SPACE(sizeof(int) * CTL_MAX_WORKERS)];
     struct iovec iov = {.iov_base = line, .iov_len = sizeof(line) - 1};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = sizeof(cbuf)};
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     ssize_t n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
     int efds[CTL_MAX_WORKERS];
     int nefd = 0;
@@ -299,8 +301,8 @@ static void handle_attach(int fd)
     char ok[96];
     snprintf(ok, sizeof(ok), "OK %d %d %u\n", k, srv.nworkers, srv.nshards);
     send_reply(fd, ok, out, 2 + srv.nworkers);
-    rk_log(RK_LOG_NOTICE, "Replica pid %d attached through shared memory (slot %d): full sync",
-           pid, k);
+    rk_log(RK_LOG_NOTICE, "Replica pid %d attached through shared memory (slot %d): full sync", pid,
+           k);
 }
 
 static bool pid_alive(int pid)
@@ -481,21 +483,15 @@ void repl_master_pass(struct worker *w)
             w->walk_throttled = true;
             continue;
         }
-        /* Size the slice so that what it appends fits in the headroom: one home bucket may
-         * hold a few entries, each at most a quarter ring, and the headroom is at least that
-         * (walk_throttled); otherwise as many entries as the last slice's average allows. */
+        /* Walk one home bucket at a time until the slice has appended half the headroom
+         * (or WALK_SLICE entries): what one call appends is one bucket's entries, each at most
+         * a quarter ring, and walk_throttled keeps at least that much room. */
         uint64_t room = walk_headroom(s);
-        size_t count = WALK_SLICE;
-        if (room != UINT64_MAX)
-            count = wk->avg_entry ? (size_t)(room / 2 / wk->avg_entry) : 1;
-        if (count > WALK_SLICE)
-            count = WALK_SLICE;
-        if (count < 1)
-            count = 1;
         struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
-        wk->cursor = shard_scan(srv.shards[s], wk->cursor, count, walk_emit, &a);
-        if (a.entries)
-            wk->avg_entry = a.bytes / a.entries + 1;
+        do {
+            wk->cursor = shard_scan(srv.shards[s], wk->cursor, 1, walk_emit, &a);
+        } while (wk->cursor != 0 && a.entries < WALK_SLICE &&
+                 (room == UINT64_MAX || a.bytes < room / 2));
         if (wk->cursor == 0) {
             wk->active = false;
             finish_walk(s, wk->req);

@@ -338,6 +338,10 @@ static void link_down(const char *why)
 {
     if (repl.link) {
         rk_log(RK_LOG_WARNING, "Connection with master lost: %s", why);
+        /* A zero heartbeat lets the master reclaim our slot on its next tick instead of
+         * holding back its walks for a replica that no longer reads. */
+        __atomic_store_n(&ctl_slot(&repl.link->ctl, repl.link->slot)->heartbeat_ms, 0,
+                         __ATOMIC_RELAXED);
         publish_link(NULL);
         repl.link_down_since_ms = rk_now_ms();
     }

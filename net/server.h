@@ -125,7 +125,6 @@ struct repl_walk {
     bool active;
     uint64_t cursor;
     uint32_t req;
-    uint64_t avg_entry; /* log bytes per entry in the last slice (0: unknown yet) */
 };
 
 struct worker {
