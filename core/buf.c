@@ -4,6 +4,8 @@
  */
 #include "core/buf.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 char *buf_reserve(struct buf *b, size_t n)
@@ -33,4 +35,18 @@ void buf_consume(struct buf *b, size_t n)
     if (n < b->len)
         memmove(b->p, b->p + n, b->len - n);
     b->len -= n;
+}
+
+void buf_printf(struct buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    rk_assert(n >= 0);
+    char *p = buf_reserve(b, (size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(p, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
 }

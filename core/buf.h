@@ -19,6 +19,8 @@ struct buf {
  * adds to len.  Pointers into the buffer are invalidated by any reserve. */
 char *buf_reserve(struct buf *b, size_t n);
 void buf_free(struct buf *b);
+/* Append printf-style formatted text. */
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Drop the first n bytes, moving the rest to the front. */
 void buf_consume(struct buf *b, size_t n);
 

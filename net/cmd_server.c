@@ -272,23 +272,10 @@ void srv_quit(struct conn *c, struct req *req)
     c->close_after_reply = true;
 }
 
-static void fmt(struct buf *b, const char *f, ...) __attribute__((format(printf, 2, 3)));
-static void fmt(struct buf *b, const char *f, ...)
-{
-    va_list ap;
-    va_start(ap, f);
-    int n = vsnprintf(NULL, 0, f, ap);
-    va_end(ap);
-    char *p = buf_reserve(b, (size_t)n + 1);
-    va_start(ap, f);
-    vsnprintf(p, (size_t)n + 1, f, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
 
 void conn_describe(struct conn *x, struct buf *b, int64_t now_ms)
 {
-    fmt(b,
+    buf_printf(b,
         "id=%llu addr=%s laddr=%s fd=%d name=%s age=%lld idle=%lld flags=N db=0 sub=0 psub=0 "
         "ssub=0 multi=-1 qbuf=%zu qbuf-free=%zu argv-mem=0 multi-mem=0 obl=0 oll=%d omem=%zu "
         "tot-mem=%zu events=r cmd=%s user=default redir=-1 resp=2\n",
@@ -412,14 +399,14 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
     bool first = true;
 #define SECTION(name)                                                                          \
     do {                                                                                       \
-        fmt(b, "%s# %s\r\n", first ? "" : "\r\n", name);                                       \
+        buf_printf(b, "%s# %s\r\n", first ? "" : "\r\n", name);                                       \
         first = false;                                                                         \
     } while (0)
     if (want(argc, argv, "server", true)) {
         struct utsname u;
         uname(&u);
         SECTION("Server");
-        fmt(b,
+        buf_printf(b,
             "redis_version:%s\r\nringkv_version:%s\r\nredis_mode:standalone\r\n"
             "os:%s %s %s\r\narch_bits:%d\r\nmultiplexing_api:io_uring\r\n"
             "process_id:%d\r\nrun_id:%s\r\ntcp_port:%d\r\nserver_time_usec:%lld\r\n"
@@ -441,7 +428,7 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         clients += STAT_GET(srv.workers[i], connected_clients);
     if (want(argc, argv, "clients", true)) {
         SECTION("Clients");
-        fmt(b, "connected_clients:%llu\r\nmaxclients:%lld\r\nblocked_clients:0\r\n",
+        buf_printf(b, "connected_clients:%llu\r\nmaxclients:%lld\r\nblocked_clients:0\r\n",
             (unsigned long long)clients, cfg_maxclients());
     }
     if (want(argc, argv, "memory", true)) {
@@ -453,7 +440,7 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         human_bytes(h1, sizeof(h1), (double)used);
         human_bytes(h2, sizeof(h2), (double)rss);
         SECTION("Memory");
-        fmt(b,
+        buf_printf(b,
             "used_memory:%zu\r\nused_memory_human:%s\r\nused_memory_rss:%zu\r\n"
             "used_memory_rss_human:%s\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n"
             "maxmemory_policy:noeviction\r\nmem_allocator:libc\r\n",
@@ -474,10 +461,10 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         SECTION("Stats");
 #define X(f)                                                                                   \
     if (strcmp(#f, "connected_clients") != 0)                                                  \
-        fmt(b, #f ":%llu\r\n", (unsigned long long)sum.f);
+        buf_printf(b, #f ":%llu\r\n", (unsigned long long)sum.f);
         WORKER_STATS(X)
 #undef X
-        fmt(b, "expired_keys:%llu\r\nevicted_keys:0\r\nkeyspace_hits:%llu\r\n"
+        buf_printf(b, "expired_keys:%llu\r\nevicted_keys:0\r\nkeyspace_hits:%llu\r\n"
                "keyspace_misses:%llu\r\n",
             (unsigned long long)expired, (unsigned long long)hits, (unsigned long long)misses);
     }
@@ -489,7 +476,7 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         SECTION("CPU");
-        fmt(b, "used_cpu_sys:%ld.%06ld\r\nused_cpu_user:%ld.%06ld\r\n", (long)ru.ru_stime.tv_sec,
+        buf_printf(b, "used_cpu_sys:%ld.%06ld\r\nused_cpu_user:%ld.%06ld\r\n", (long)ru.ru_stime.tv_sec,
             (long)ru.ru_stime.tv_usec, (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
     }
     if (want(argc, argv, "keyspace", true)) {
@@ -500,7 +487,7 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         }
         SECTION("Keyspace");
         if (keys)
-            fmt(b, "db0:keys=%zu,expires=%zu,avg_ttl=0\r\n", keys, expires);
+            buf_printf(b, "db0:keys=%zu,expires=%zu,avg_ttl=0\r\n", keys, expires);
     }
 #undef SECTION
 }

@@ -143,6 +143,9 @@ void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, 
 void sync_progress(struct worker *w);
 bool sync_busy(struct worker *w);
 
+/* This host's boot id (/proc/sys/kernel/random/boot_id): same id, same host. */
+void repl_boot_id(char *out, size_t cap);
+
 /* repl_replica.c, for repl_master.c */
 int repl_replica_prepare(void);
 void repl_replica_tick(void);

@@ -18,19 +18,6 @@
 #include "net/config.h"
 #include "net/dispatch.h"
 
-static void fmt(struct buf *b, const char *f, ...) __attribute__((format(printf, 2, 3)));
-static void fmt(struct buf *b, const char *f, ...)
-{
-    va_list ap;
-    va_start(ap, f);
-    int n = vsnprintf(NULL, 0, f, ap);
-    va_end(ap);
-    char *p = buf_reserve(b, (size_t)n + 1);
-    va_start(ap, f);
-    vsnprintf(p, (size_t)n + 1, f, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
 
 static uint64_t master_offset(void)
 {
@@ -62,7 +49,7 @@ static void info_master(struct buf *b)
         n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) != 0;
     uint64_t moff = master_offset();
     int64_t now = rk_now_ms();
-    fmt(b, "role:master\r\nconnected_slaves:%d\r\n", n);
+    buf_printf(b, "role:master\r\nconnected_slaves:%d\r\n", n);
     for (int k = 0, i = 0; k < CTL_MAX_REPLICAS; k++) {
         struct repl_peer *p = &repl.peers[k];
         if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE))
@@ -71,7 +58,7 @@ static void info_master(struct buf *b)
         uint64_t off = slot_offset(&repl.ctl, k);
         int st = (int)__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
         int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
-        fmt(b,
+        buf_printf(b,
             "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=shm,pid=%d,"
             "lag_bytes=%llu,lag_us=%lld\r\n",
             i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
@@ -81,7 +68,7 @@ static void info_master(struct buf *b)
                                                                      __ATOMIC_RELAXED)) * 1000
                                    : 0));
     }
-    fmt(b,
+    buf_printf(b,
         "master_failover_state:no-failover\r\nmaster_replid:%s\r\n"
         "master_replid2:0000000000000000000000000000000000000000\r\n"
         "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:%d\r\n"
@@ -100,16 +87,16 @@ static void info_replica(struct buf *b, struct worker *w)
     uint64_t off = L ? slot_offset(&L->ctl, L->slot) : 0;
     int syncing = __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
     int64_t now = rk_now_ms();
-    fmt(b,
+    buf_printf(b,
         "role:slave\r\nmaster_host:%s\r\nmaster_port:%d\r\nmaster_link_status:%s\r\n"
         "master_last_io_seconds_ago:%d\r\nmaster_sync_in_progress:%d\r\n"
         "slave_read_repl_offset:%llu\r\nslave_repl_offset:%llu\r\n",
         repl.master_host, repl.master_port, L ? "up" : "down", L ? 0 : -1, syncing,
         (unsigned long long)off, (unsigned long long)off);
     if (!L)
-        fmt(b, "master_link_down_since_seconds:%lld\r\n",
+        buf_printf(b, "master_link_down_since_seconds:%lld\r\n",
             (long long)((now - repl.link_down_since_ms) / 1000));
-    fmt(b,
+    buf_printf(b,
         "master_link_transport:shm\r\nslave_priority:100\r\nslave_read_only:1\r\n"
         "replica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n"
         "master_replid:%s\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n"
@@ -195,18 +182,6 @@ void srv_replicaof(struct conn *c, struct req *req)
     conn_reply_end(c, &r);
 }
 
-static void boot_id(char *out, size_t cap)
-{
-    out[0] = '\0';
-    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
-    if (f) {
-        if (!fgets(out, (int)cap, f))
-            out[0] = '\0';
-        fclose(f);
-    }
-    out[strcspn(out, "\n")] = '\0';
-}
-
 void srv_shminfo(struct conn *c, struct req *req)
 {
     struct reply r;
@@ -217,7 +192,7 @@ void srv_shminfo(struct conn *c, struct req *req)
         reply_error(&r, "ERR this server is a replica: attach to its master");
     } else {
         char id[64], n[24], pid[24];
-        boot_id(id, sizeof(id));
+        repl_boot_id(id, sizeof(id));
         rk_ll2str(n, srv.nshards);
         rk_ll2str(pid, (long long)getpid());
         reply_array(&r, 4);

@@ -153,7 +153,7 @@ static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
     return 0;
 }
 
-static void boot_id(char *out, size_t cap)
+void repl_boot_id(char *out, size_t cap)
 {
     out[0] = '\0';
     FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
@@ -191,7 +191,7 @@ static struct repl_link *attach(char *why, size_t wcap)
     if (fetch_shminfo(&si, why, wcap) < 0)
         return NULL;
     char mine[64];
-    boot_id(mine, sizeof(mine));
+    repl_boot_id(mine, sizeof(mine));
     if (strcmp(mine, si.boot_id) != 0 || !si.path[0]) {
         snprintf(why, wcap, "the master is not on this host (or has no unixsocket): replication "
                             "over TCP is not built yet");

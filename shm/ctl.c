@@ -4,6 +4,7 @@
  * arrays, rounded up to a cache line.
  */
 #include "shm/ctl.h"
+#include "shm/ring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -26,21 +27,10 @@ static size_t map_size(uint32_t nshards)
 int ctl_create(struct ctl_map *c, uint32_t nshards, uint32_t master_workers)
 {
     size_t len = map_size(nshards);
-    int fd = memfd_create("ringkv-repl-ctl", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    void *p;
+    int fd = shm_create("ringkv-repl-ctl", len, &p);
     if (fd < 0)
-        return -errno;
-    if (ftruncate(fd, (off_t)len) < 0) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
+        return fd;
     c->hdr = p;
     c->map_len = len;
     c->fd = fd;

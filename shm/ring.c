@@ -33,6 +33,27 @@ static size_t layout(uint32_t nshards, size_t size, size_t *data_off)
     return *data_off + (size_t)nshards * size;
 }
 
+int shm_create(const char *name, size_t len, void **base)
+{
+    int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)len) < 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    /* The size can never change under a process that mapped it. */
+    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+    *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (*base == MAP_FAILED) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
 static void set_map(struct ring_map *m, void *base, size_t len, int fd, bool owner)
 {
     m->hdr = base;
@@ -50,22 +71,10 @@ int ring_map_create(struct ring_map *m, uint32_t nshards, size_t size, const cha
         sz <<= 1;
     size_t data_off;
     size_t len = layout(nshards, sz, &data_off);
-    int fd = memfd_create("ringkv-repl-log", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    void *base;
+    int fd = shm_create("ringkv-repl-log", len, &base);
     if (fd < 0)
-        return -errno;
-    if (ftruncate(fd, (off_t)len) < 0) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    /* The size can never change under a reader that mapped it. */
-    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
-    void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (base == MAP_FAILED) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
+        return fd;
     struct ring_hdr *h = base;
     h->magic = RING_MAGIC;
     h->nshards = nshards;

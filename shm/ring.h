@@ -85,6 +85,10 @@ struct ring_map {
     bool owner;                /* created here (munmap + close on ring_map_close) */
 };
 
+/* A new sealed-size memfd of len bytes named name, mapped read-write at *base.  Returns the
+ * fd, or -errno. */
+int shm_create(const char *name, size_t len, void **base);
+
 /* Create the rings: nshards logs of size bytes each (rounded up to a power of two, at least
  * 64 KiB), in a new memfd.  Returns 0 or -errno. */
 int ring_map_create(struct ring_map *m, uint32_t nshards, size_t size, const char *replid);
