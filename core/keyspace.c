@@ -81,8 +81,8 @@ struct kv_entry *ks_lookup_read(struct ks_ctx *ctx, const char *key, size_t klen
 struct kv_entry *ks_store(struct ks_ctx *ctx, const char *key, size_t klen, const char *val,
                           size_t vlen, int64_t expire_ms)
 {
-    /* kv_entry_new copies val before shard_put frees the entry it may point into. */
-    struct kv_entry *e = kv_entry_new(key, klen, val, vlen, expire_ms);
+    /* shard_entry_new copies val before shard_put frees the entry it may point into. */
+    struct kv_entry *e = shard_entry_new(ctx->shard, key, klen, val, vlen, expire_ms);
     shard_put(ctx->shard, ctx->hash, e);
     if (ctx->on_change)
         ctx->on_change(ctx->on_change_arg, KS_CHANGE_SET, e, key, klen);

@@ -1,24 +1,38 @@
 /*
  * shard: one single-owner hash table of the keyspace.
  *
- * Layout.  A table of 2^k slots is two parallel arrays in one allocation: an array of entry
- * pointers and an array of one-byte tags.  A tag is 0 (empty), 1 (tombstone: something was
- * here, keep probing) or 0x80 | seven bits of the key's hash (live).  The bucket is the
- * hash's LOW bits; the tag takes bits 32..38, so it is independent of the bucket for any
- * table below 2^32 slots and of the shard choice, which uses the TOP bits.  Probing is
- * linear and scans the tags eight at a time with word-wide byte tricks (SWAR): a miss
- * usually reads one or two tag words and no entry at all, a hit reads the entries whose tag
- * matches, about 1 in 128 of the others.  The tag array has 8 extra bytes at its end that
- * mirror its first 8, so an 8-byte load at any slot index never needs a wrap-around branch.
+ * Layout.  A table of 2^k slots is two parallel arrays in one allocation: an array of 32-bit entry
+ * references and an array of one-byte tags.  A tag is 0 (empty), 1 (tombstone: something was here,
+ * keep probing) or 0x80 | seven bits of the key's hash (live).  The bucket is the hash's LOW bits;
+ * the tag takes bits 32..38, so it is independent of the bucket for any table below 2^32 slots and
+ * of the shard choice, which uses the TOP bits.  Probing is linear and scans the tags eight at a
+ * time with word-wide byte tricks (SWAR): a miss usually reads one or two tag words and no entry at
+ * all, a hit reads the entries whose tag matches, about 1 in 128 of the others.  The tag array has
+ * 8 extra bytes at its end that mirror its first 8, so an 8-byte load at any slot index never needs
+ * a wrap-around branch.
  *
- * Why this layout: the project's memory target counts every byte.  A slot costs 9 bytes
- * (pointer plus tag); the full hash is not stored anywhere (the rare paths that need it,
- * resizing and SCAN, recompute it from the key), and an entry is a single malloc block:
+ * Why this layout: the project's memory target counts every byte.  A slot costs 5 bytes
+ * (reference plus tag); the full hash is not stored anywhere (the rare paths that need it,
+ * resizing and SCAN, recompute it from the key), and an entry is a single block:
  *
  *     flags(1) | varint klen | varint vlen | [deadline, 8 bytes, only if flags say so] |
  *     key bytes | value bytes
  *
- * so a 16-byte key with a 32-byte value is a 51-byte block (a 64-byte malloc chunk).
+ * Entry memory.  An entry made by shard_entry_new and up to SLAB_MAX bytes is a chunk of the
+ * shard's own slab pool (core/slab.h): no allocator header, size rounded up to 4 bytes, so a
+ * 16-byte key with a 32-byte value takes 52 bytes (a malloc chunk would be 64).  Larger ones,
+ * and every entry made by kv_entry_new (which knows no shard), are malloc blocks, marked by
+ * the ENT_HEAP flag.  A slot's 32-bit reference is either a slab reference (below 2^31,
+ * decoded by slab_ptr: one load from a small directory) or REF_HEAP | i, where i indexes the
+ * heap directory of the slot's table: an array of pointers to the malloc'd entries in that
+ * table, with a free list threaded through the unused ones.  A malloc'd entry thus costs 8
+ * more bytes than a slot pointer would, which only entries above SLAB_MAX (where 8 bytes are
+ * under 2%) and those of callers still on kv_entry_new pay.  The directory belongs to the
+ * table, not the shard, so that it is rebuilt with the table: a move to the new table takes
+ * an index in the new table's directory, and a table shrinks its directory with it.  Slab
+ * chunks find their pool, and the pool its shard, from the chunk's address (slab headers are
+ * found by masking), so kv_entry_free works on either kind without being told the shard.  A
+ * flush gives the whole pool back to the kernel at once instead of freeing entries one by one.
  *
  * Load.  A table's fill (live plus tombstones) stays at or below 7/8.  When a put would pass
  * that, the table is rebuilt: at twice the size when live entries are more than half the
@@ -42,18 +56,28 @@
  *   same:   fill starts <  7N/16,            ends <  7N/16 + N/32  <  7/8 of N;
  *   shrink: fill starts <  N/16,             ends <  N/16 + N/32   <  7/8 of N/4.
  *
+ * Table memory.  A table of TAB_MAP_MIN bytes or more is mapped with mmap and unmapped when
+ * it is replaced, not malloc'd.  A growing shard frees each table as it doubles; in a worker's
+ * malloc arena those freed tables stay resident as holes that nothing of the same size comes
+ * to fill, now that entries live in slabs: measured, about 10 MB per million keys.  Tables
+ * below the threshold are few and small enough for malloc.
+ *
  * Counters.  count, expires and mem are written only by the owner, with relaxed atomic
  * stores, so that a stats reader on another thread never sees a torn value; they order
- * nothing else, so relaxed is enough.  The owner reads its own counters plainly.
+ * nothing else, so relaxed is enough.  The owner reads its own counters plainly.  mem is the
+ * owner's own_mem (tables, heap directories, malloc'd entries) plus the pool's resident bytes,
+ * republished after every change of either.
  */
 #include "core/shard.h"
 
 #include <malloc.h>
 #include <stdbool.h>
 #include <string.h>
+#include <sys/mman.h>
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include "core/slab.h"
 #include "core/util.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -68,11 +92,20 @@
 #define MIG_STEP 32   /* old slots moved by each get/put/del during a resize */
 #define CLEAR_MAX 64  /* tombstones cleared behind a delete, at most */
 #define NOT_FOUND SIZE_MAX
+#define TAB_MAP_MIN (16 * 1024) /* tables this big are mmapped (see "Table memory") */
+#define TAB_PAGE 4096
 
 #define B_ONES 0x0101010101010101ULL
 #define B_HIGH 0x8080808080808080ULL
 
 #define ENT_DEADLINE 0x01 /* entry flag: an 8-byte deadline follows the lengths */
+#define ENT_HEAP 0x02     /* entry flag: a malloc block, not a slab chunk */
+
+#define REF_HEAP 0x80000000u /* a slot reference with this bit is a heap directory index */
+#define HEAP_INIT 8          /* initial (and minimum) heap directory capacity */
+#define HEAP_NONE UINT32_MAX /* end of the heap directory's free list */
+
+_Static_assert(SLAB_REF_LIMIT <= REF_HEAP, "slab references must leave REF_HEAP clear");
 
 struct kv_entry {
     uint8_t flags;
@@ -80,21 +113,28 @@ struct kv_entry {
 };
 
 struct table {
-    struct kv_entry **slots; /* mask + 1 pointers; meaningful only where the tag is live */
-    uint8_t *tags;           /* mask + 1 + TAG_PAD bytes, in the same allocation as slots */
-    size_t mask;             /* slots - 1 */
+    uint32_t *slots; /* mask + 1 references; meaningful only where the tag is live */
+    uint8_t *tags;   /* mask + 1 + TAG_PAD bytes, in the same allocation as slots */
+    size_t mask;     /* slots - 1 */
     size_t live;
     size_t tombs;
+    uintptr_t *heap;    /* heap directory: entry pointers; free ones hold next << 1 | 1 */
+    uint32_t heap_cap;  /* capacity of heap */
+    uint32_t heap_top;  /* indices below this have been used */
+    uint32_t heap_free; /* first free index below heap_top, or HEAP_NONE */
+    uint32_t heap_live; /* indices in use */
 };
 
 struct shard {
-    struct table cur;  /* where puts go; the new table during a resize */
-    struct table old;  /* being drained during a resize; old.slots == NULL otherwise */
-    size_t mig;        /* next old slot to move */
-    size_t exp_cursor; /* the active expiry sweep's next slot in cur */
-    size_t count;      /* live entries (relaxed atomic, see above) */
-    size_t expires;    /* entries with a deadline (relaxed atomic) */
-    size_t mem;        /* bytes of entries and tables (relaxed atomic) */
+    struct table cur;      /* where puts go; the new table during a resize */
+    struct table old;      /* being drained during a resize; old.slots == NULL otherwise */
+    size_t mig;            /* next old slot to move */
+    size_t exp_cursor;     /* the active expiry sweep's next slot in cur */
+    size_t count;          /* live entries (relaxed atomic, see above) */
+    size_t expires;        /* entries with a deadline (relaxed atomic) */
+    size_t mem;            /* own_mem + the pool's resident bytes (relaxed atomic) */
+    size_t own_mem;        /* tables, heap directories, malloc'd entries (owner only) */
+    struct slab_pool pool; /* the slab chunks of this shard's small entries */
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -148,16 +188,21 @@ static inline const char *ent_parse(const struct kv_entry *e, size_t *klen, size
     return (const char *)p;
 }
 
-struct kv_entry *kv_entry_new(const char *key, size_t klen, const char *val, size_t vlen,
-                              int64_t expire_ms)
+/* Bytes of an entry with these lengths. */
+static size_t ent_bytes(size_t klen, size_t vlen, bool dl)
+{
+    rk_assert(klen <= SIZE_MAX / 4 && vlen <= SIZE_MAX / 4);
+    return 1 + varint_len(klen) + varint_len(vlen) + (dl ? sizeof(int64_t) : 0) + klen + vlen;
+}
+
+/* Fill the ent_bytes() bytes at e. */
+static struct kv_entry *ent_fill(struct kv_entry *e, uint8_t flags, const char *key, size_t klen,
+                                 const char *val, size_t vlen, int64_t expire_ms)
 {
     bool dl = expire_ms != KV_NO_EXPIRE;
-    rk_assert(klen <= SIZE_MAX / 4 && vlen <= SIZE_MAX / 4);
-    size_t hdr = 1 + varint_len(klen) + varint_len(vlen) + (dl ? sizeof(int64_t) : 0);
-    struct kv_entry *e = rk_malloc(hdr + klen + vlen);
     uint8_t *p = e->rest;
 
-    e->flags = dl ? ENT_DEADLINE : 0;
+    e->flags = (uint8_t)(flags | (dl ? ENT_DEADLINE : 0));
     p += varint_put(p, klen);
     p += varint_put(p, vlen);
     if (dl) {
@@ -171,9 +216,42 @@ struct kv_entry *kv_entry_new(const char *key, size_t klen, const char *val, siz
     return e;
 }
 
+struct kv_entry *kv_entry_new(const char *key, size_t klen, const char *val, size_t vlen,
+                              int64_t expire_ms)
+{
+    size_t n = ent_bytes(klen, vlen, expire_ms != KV_NO_EXPIRE);
+    return ent_fill(rk_malloc(n), ENT_HEAP, key, klen, val, vlen, expire_ms);
+}
+
+static void mem_sync(struct shard *s);
+
+struct kv_entry *shard_entry_new(struct shard *s, const char *key, size_t klen, const char *val,
+                                 size_t vlen, int64_t expire_ms)
+{
+    size_t n = ent_bytes(klen, vlen, expire_ms != KV_NO_EXPIRE);
+    uint32_t ref;
+    struct kv_entry *e = slab_alloc(&s->pool, n, &ref);
+    if (!e)
+        return ent_fill(rk_malloc(n), ENT_HEAP, key, klen, val, vlen, expire_ms);
+    mem_sync(s);
+    return ent_fill(e, 0, key, klen, val, vlen, expire_ms);
+}
+
+/* The shard whose pool holds slab entry e. */
+static inline struct shard *ent_owner(const struct kv_entry *e)
+{
+    return (struct shard *)((char *)slab_pool_of(e) - offsetof(struct shard, pool));
+}
+
 void kv_entry_free(struct kv_entry *e)
 {
-    rk_free(e);
+    if (e->flags & ENT_HEAP) {
+        rk_free(e);
+        return;
+    }
+    struct shard *s = ent_owner(e);
+    slab_free(e);
+    mem_sync(s);
 }
 
 const char *kv_entry_key(const struct kv_entry *e, size_t *klen)
@@ -200,10 +278,15 @@ int64_t kv_entry_expire(const struct kv_entry *e)
     return dl;
 }
 
-/* glibc keeps one size_t of header per chunk on top of the usable size. */
+/* A slab entry takes its chunk; glibc keeps one size_t of header per chunk on top of the
+ * usable size. */
 size_t kv_entry_mem(const struct kv_entry *e)
 {
-    return malloc_usable_size((void *)e) + sizeof(size_t);
+    if (e->flags & ENT_HEAP)
+        return malloc_usable_size((void *)e) + sizeof(size_t);
+    size_t klen, vlen;
+    const char *k = ent_parse(e, &klen, &vlen);
+    return slab_chunk_bytes((size_t)(k - (const char *)e) + klen + vlen);
 }
 
 static uint64_t ent_hash(const struct kv_entry *e)
@@ -233,10 +316,17 @@ static inline void ctr_set(size_t *c, size_t v)
     __atomic_store_n(c, v, __ATOMIC_RELAXED);
 }
 
+static void mem_sync(struct shard *s)
+{
+    ctr_set(&s->mem, s->own_mem + slab_pool_mem(&s->pool));
+}
+
+/* Count e in.  A slab entry's bytes are in the pool's already. */
 static void acct_add(struct shard *s, const struct kv_entry *e)
 {
     ctr_set(&s->count, s->count + 1);
-    ctr_set(&s->mem, s->mem + kv_entry_mem(e));
+    if (e->flags & ENT_HEAP)
+        s->own_mem += kv_entry_mem(e);
     if (e->flags & ENT_DEADLINE)
         ctr_set(&s->expires, s->expires + 1);
 }
@@ -244,7 +334,8 @@ static void acct_add(struct shard *s, const struct kv_entry *e)
 static void acct_sub(struct shard *s, const struct kv_entry *e)
 {
     ctr_set(&s->count, s->count - 1);
-    ctr_set(&s->mem, s->mem - kv_entry_mem(e));
+    if (e->flags & ENT_HEAP)
+        s->own_mem -= kv_entry_mem(e);
     if (e->flags & ENT_DEADLINE)
         ctr_set(&s->expires, s->expires - 1);
 }
@@ -265,6 +356,79 @@ size_t shard_mem(const struct shard *s)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* References: what a slot holds (see "Entry memory" at the top)                            */
+
+static inline struct kv_entry *ent_at(const struct shard *s, const struct table *t, uint32_t ref)
+{
+    if (ref & REF_HEAP)
+        return (struct kv_entry *)t->heap[ref & ~REF_HEAP];
+    return slab_ptr(&s->pool, ref);
+}
+
+/* (Re)start t's heap directory at its initial size; t has no heap entries. */
+static void heap_init(struct shard *s, struct table *t)
+{
+    if (t->heap_cap != HEAP_INIT) {
+        s->own_mem -= t->heap_cap * sizeof(*t->heap);
+        rk_free(t->heap);
+        t->heap = rk_malloc(HEAP_INIT * sizeof(*t->heap));
+        t->heap_cap = HEAP_INIT;
+        s->own_mem += HEAP_INIT * sizeof(*t->heap);
+    }
+    t->heap_top = 0;
+    t->heap_free = HEAP_NONE;
+    t->heap_live = 0;
+}
+
+/* A heap directory index of t now pointing at e. */
+static uint32_t heap_add(struct shard *s, struct table *t, struct kv_entry *e)
+{
+    uint32_t i = t->heap_free;
+    if (i != HEAP_NONE) {
+        t->heap_free = (uint32_t)(t->heap[i] >> 1);
+    } else {
+        if (t->heap_top == t->heap_cap) {
+            rk_assert(t->heap_cap < REF_HEAP / 2);
+            t->heap = rk_realloc(t->heap, 2 * t->heap_cap * sizeof(*t->heap));
+            s->own_mem += t->heap_cap * sizeof(*t->heap);
+            t->heap_cap *= 2;
+        }
+        i = t->heap_top++;
+    }
+    t->heap[i] = (uintptr_t)e;
+    t->heap_live++;
+    return i;
+}
+
+static void heap_del(struct shard *s, struct table *t, uint32_t i)
+{
+    t->heap[i] = ((uintptr_t)t->heap_free << 1) | 1; /* entries are aligned: bit 0 is free */
+    t->heap_free = i;
+    if (--t->heap_live == 0)
+        heap_init(s, t); /* the directory's peak size need not outlive its entries */
+}
+
+/* The reference for e in a slot of t; the shard owns e from now on. */
+static uint32_t ent_adopt(struct shard *s, struct table *t, struct kv_entry *e)
+{
+    if (e->flags & ENT_HEAP)
+        return REF_HEAP | heap_add(s, t, e);
+    rk_assert(slab_pool_of(e) == &s->pool); /* else made by shard_entry_new for another shard */
+    return slab_ref_of(e);
+}
+
+/* Free e, whose slot of t (reference ref) is gone, and its heap directory index if any. */
+static void ent_release(struct shard *s, struct table *t, uint32_t ref, struct kv_entry *e)
+{
+    if (ref & REF_HEAP) {
+        heap_del(s, t, ref & ~REF_HEAP);
+        rk_free(e);
+    } else {
+        slab_free(e);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------- */
 /* Tables                                                                                   */
 
 static inline uint8_t tag_of(uint64_t hash)
@@ -272,27 +436,55 @@ static inline uint8_t tag_of(uint64_t hash)
     return (uint8_t)(TAG_LIVE | ((hash >> 32) & 0x7f));
 }
 
+/* Bytes a table of this many slots takes: page-rounded when it is mapped. */
 static size_t tab_bytes(size_t slots)
 {
-    return slots * sizeof(struct kv_entry *) + slots + TAG_PAD;
+    size_t n = slots * sizeof(uint32_t) + slots + TAG_PAD;
+    return n < TAB_MAP_MIN ? n : (n + TAB_PAGE - 1) & ~(size_t)(TAB_PAGE - 1);
+}
+
+/* Zeroed memory for a table (see "Table memory" at the top). */
+static void *tab_mem_get(size_t bytes)
+{
+    if (bytes < TAB_MAP_MIN)
+        return rk_calloc(1, bytes);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    rk_assert(p != MAP_FAILED && "out of memory for a shard table");
+    return p;
+}
+
+static void tab_mem_put(void *p, size_t bytes)
+{
+    if (bytes < TAB_MAP_MIN)
+        rk_free(p);
+    else
+        munmap(p, bytes);
 }
 
 static void tab_init(struct shard *s, struct table *t, size_t slots)
 {
     rk_assert(slots >= TAB_INIT && (slots & (slots - 1)) == 0);
-    char *p = rk_calloc(1, tab_bytes(slots));
-    t->slots = (struct kv_entry **)p;
-    t->tags = (uint8_t *)(p + slots * sizeof(struct kv_entry *));
+    char *p = tab_mem_get(tab_bytes(slots));
+    t->slots = (uint32_t *)p;
+    t->tags = (uint8_t *)(p + slots * sizeof(uint32_t));
     t->mask = slots - 1;
     t->live = 0;
     t->tombs = 0;
-    ctr_set(&s->mem, s->mem + tab_bytes(slots));
+    t->heap = NULL; /* after a resize_start this was the old table's, which keeps it */
+    t->heap_cap = 0;
+    heap_init(s, t);
+    s->own_mem += tab_bytes(slots);
+    mem_sync(s);
 }
 
+/* Free t; its heap entries are gone already. */
 static void tab_release(struct shard *s, struct table *t)
 {
-    ctr_set(&s->mem, s->mem - tab_bytes(t->mask + 1));
-    rk_free(t->slots);
+    rk_assert(t->heap_live == 0);
+    s->own_mem -= tab_bytes(t->mask + 1) + t->heap_cap * sizeof(*t->heap);
+    mem_sync(s);
+    rk_free(t->heap);
+    tab_mem_put(t->slots, tab_bytes(t->mask + 1));
     memset(t, 0, sizeof(*t));
 }
 
@@ -324,8 +516,9 @@ static inline uint64_t zero_bytes(uint64_t w)
     return (w - B_ONES) & ~w & B_HIGH;
 }
 
-/* The slot holding key in t, or NOT_FOUND. */
-static size_t tab_find(const struct table *t, uint64_t hash, const char *key, size_t klen)
+/* The slot holding key in t (a table of s), or NOT_FOUND. */
+static size_t tab_find(const struct shard *s, const struct table *t, uint64_t hash, const char *key,
+                       size_t klen)
 {
     uint8_t tag = tag_of(hash);
     uint64_t pat = B_ONES * tag;
@@ -339,7 +532,7 @@ static size_t tab_find(const struct table *t, uint64_t hash, const char *key, si
             match &= (empty & -empty) - 1; /* only bytes before the first empty slot */
         while (match) {
             size_t j = (i + ((size_t)__builtin_ctzll(match) >> 3)) & t->mask;
-            if (t->tags[j] == tag && ent_key_eq(t->slots[j], key, klen))
+            if (t->tags[j] == tag && ent_key_eq(ent_at(s, t, t->slots[j]), key, klen))
                 return j;
             match &= match - 1;
         }
@@ -350,8 +543,8 @@ static size_t tab_find(const struct table *t, uint64_t hash, const char *key, si
     return NOT_FOUND;
 }
 
-/* Put e (whose key is not in t) into the first free slot of its probe run. */
-static void tab_insert(struct table *t, uint64_t hash, struct kv_entry *e)
+/* Put ref (an entry whose key is not in t) into the first free slot of its probe run. */
+static void tab_insert(struct table *t, uint64_t hash, uint32_t ref)
 {
     rk_assert(t->live + t->tombs < t->mask);
     size_t i = hash & t->mask;
@@ -366,7 +559,7 @@ static void tab_insert(struct table *t, uint64_t hash, struct kv_entry *e)
     if (t->tags[i] == TAG_TOMB)
         t->tombs--;
     set_tag(t, i, tag_of(hash));
-    t->slots[i] = e;
+    t->slots[i] = ref;
     t->live++;
 }
 
@@ -410,12 +603,14 @@ static void resize_start(struct shard *s, size_t slots)
 /* Remove slot i of t and free its entry, after on_expire (when given) has seen it. */
 static void drop_slot(struct shard *s, struct table *t, size_t i, shard_visit_fn *fn, void *arg)
 {
-    struct kv_entry *e = t->slots[i];
+    uint32_t ref = t->slots[i];
+    struct kv_entry *e = ent_at(s, t, ref);
     tab_remove(t, i);
     if (fn)
         fn(arg, e);
     acct_sub(s, e);
-    kv_entry_free(e);
+    ent_release(s, t, ref, e);
+    mem_sync(s);
 }
 
 /*
@@ -435,7 +630,8 @@ static size_t migrate(struct shard *s, size_t n, bool expire, int64_t now_ms,
     for (size_t i = s->mig; i < end; i++) {
         if (!(o->tags[i] & TAG_LIVE))
             continue;
-        struct kv_entry *e = o->slots[i];
+        uint32_t ref = o->slots[i];
+        struct kv_entry *e = ent_at(s, o, ref);
         if (expire && ent_expired(e, now_ms)) {
             drop_slot(s, o, i, on_expire, arg);
             removed++;
@@ -445,7 +641,12 @@ static size_t migrate(struct shard *s, size_t n, bool expire, int64_t now_ms,
         set_tag(o, i, TAG_TOMB);
         o->live--;
         o->tombs++;
-        tab_insert(&s->cur, ent_hash(e), e);
+        if (ref & REF_HEAP) {
+            /* The index is the old directory's: take one in the new table's. */
+            heap_del(s, o, ref & ~REF_HEAP);
+            ref = ent_adopt(s, &s->cur, e);
+        }
+        tab_insert(&s->cur, ent_hash(e), ref);
     }
     s->mig = end;
     if (s->mig == size) {
@@ -476,23 +677,34 @@ static void maybe_shrink(struct shard *s)
 struct shard *shard_new(void)
 {
     struct shard *s = rk_calloc(1, sizeof(*s));
+    slab_pool_init(&s->pool);
     tab_init(s, &s->cur, TAB_INIT);
     return s;
 }
 
-static void tab_free_entries(struct table *t)
+/* Free t's malloc'd entries (every one of them is in its heap directory).  Slab entries go
+ * with their pool, all at once. */
+static void tab_free_heap(struct shard *s, struct table *t)
 {
-    for (size_t i = 0; t->slots && i <= t->mask; i++)
-        if (t->tags[i] & TAG_LIVE)
-            kv_entry_free(t->slots[i]);
+    for (uint32_t i = 0; t->heap_live && i < t->heap_top; i++) {
+        if (t->heap[i] & 1)
+            continue;
+        struct kv_entry *e = (struct kv_entry *)t->heap[i];
+        s->own_mem -= kv_entry_mem(e);
+        rk_free(e);
+        t->heap_live--;
+    }
+    heap_init(s, t);
 }
 
 void shard_flush(struct shard *s)
 {
-    tab_free_entries(&s->old);
-    tab_free_entries(&s->cur);
-    if (resizing(s))
+    if (resizing(s)) {
+        tab_free_heap(s, &s->old);
         tab_release(s, &s->old);
+    }
+    tab_free_heap(s, &s->cur);
+    slab_pool_reset(&s->pool);
     s->mig = 0;
     if (s->cur.mask + 1 != TAB_INIT) {
         tab_release(s, &s->cur);
@@ -505,7 +717,9 @@ void shard_flush(struct shard *s)
     s->exp_cursor = 0;
     ctr_set(&s->count, 0);
     ctr_set(&s->expires, 0);
-    ctr_set(&s->mem, tab_bytes(TAB_INIT));
+    /* Every byte counted in is counted out again. */
+    rk_assert(s->own_mem == tab_bytes(TAB_INIT) + HEAP_INIT * sizeof(*s->cur.heap));
+    mem_sync(s);
 }
 
 void shard_free(struct shard *s)
@@ -521,13 +735,13 @@ struct kv_entry *shard_get(struct shard *s, uint64_t hash, const char *key, size
 {
     if (resizing(s))
         migrate(s, MIG_STEP, false, 0, NULL, NULL);
-    size_t i = tab_find(&s->cur, hash, key, klen);
+    size_t i = tab_find(s, &s->cur, hash, key, klen);
     if (i != NOT_FOUND)
-        return s->cur.slots[i];
+        return ent_at(s, &s->cur, s->cur.slots[i]);
     if (resizing(s)) {
-        i = tab_find(&s->old, hash, key, klen);
+        i = tab_find(s, &s->old, hash, key, klen);
         if (i != NOT_FOUND)
-            return s->old.slots[i];
+            return ent_at(s, &s->old, s->old.slots[i]);
     }
     return NULL;
 }
@@ -540,38 +754,43 @@ void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e)
     if (resizing(s))
         migrate(s, MIG_STEP, false, 0, NULL, NULL);
     struct table *t = &s->cur;
-    size_t i = tab_find(t, hash, key, klen);
+    size_t i = tab_find(s, t, hash, key, klen);
     if (i != NOT_FOUND) {
-        acct_sub(s, t->slots[i]);
-        kv_entry_free(t->slots[i]);
-        t->slots[i] = e;
+        uint32_t oref = t->slots[i];
+        struct kv_entry *old = ent_at(s, t, oref);
+        acct_sub(s, old);
+        ent_release(s, t, oref, old);
+        t->slots[i] = ent_adopt(s, t, e);
         acct_add(s, e);
+        mem_sync(s);
         return;
     }
     if (resizing(s)) {
-        i = tab_find(&s->old, hash, key, klen);
+        i = tab_find(s, &s->old, hash, key, klen);
         if (i != NOT_FOUND)
             drop_slot(s, &s->old, i, NULL, NULL);
     } else if (t->live + t->tombs >= tab_max_fill(t)) {
         size_t n = t->mask + 1;
         resize_start(s, t->live >= tab_max_fill(t) / 2 ? 2 * n : n);
     }
-    tab_insert(&s->cur, hash, e);
+    /* Adopted only now: a resize started just above changed which table is cur. */
+    tab_insert(&s->cur, hash, ent_adopt(s, &s->cur, e));
     acct_add(s, e);
+    mem_sync(s);
 }
 
 int shard_del(struct shard *s, uint64_t hash, const char *key, size_t klen)
 {
     if (resizing(s))
         migrate(s, MIG_STEP, false, 0, NULL, NULL);
-    size_t i = tab_find(&s->cur, hash, key, klen);
+    size_t i = tab_find(s, &s->cur, hash, key, klen);
     if (i != NOT_FOUND) {
         drop_slot(s, &s->cur, i, NULL, NULL);
         maybe_shrink(s);
         return 1;
     }
     if (resizing(s)) {
-        i = tab_find(&s->old, hash, key, klen);
+        i = tab_find(s, &s->old, hash, key, klen);
         if (i != NOT_FOUND) {
             drop_slot(s, &s->old, i, NULL, NULL);
             return 1;
@@ -583,17 +802,17 @@ int shard_del(struct shard *s, uint64_t hash, const char *key, size_t klen)
 /* ---------------------------------------------------------------------------------------- */
 /* Whole-shard walks                                                                        */
 
-static void tab_foreach(const struct table *t, shard_visit_fn *fn, void *arg)
+static void tab_foreach(const struct shard *s, const struct table *t, shard_visit_fn *fn, void *arg)
 {
     for (size_t i = 0; t->slots && i <= t->mask; i++)
         if (t->tags[i] & TAG_LIVE)
-            fn(arg, t->slots[i]);
+            fn(arg, ent_at(s, t, t->slots[i]));
 }
 
 void shard_foreach(struct shard *s, shard_visit_fn *fn, void *arg)
 {
-    tab_foreach(&s->old, fn, arg);
-    tab_foreach(&s->cur, fn, arg);
+    tab_foreach(s, &s->old, fn, arg);
+    tab_foreach(s, &s->cur, fn, arg);
 }
 
 static inline uint64_t rev64(uint64_t v)
@@ -618,7 +837,7 @@ struct kv_entry *shard_random(struct shard *s, uint64_t rnd)
     for (size_t seen = 0; seen <= t->mask; seen += 8) {
         uint64_t live = tags_word(t, i) & B_HIGH;
         if (live)
-            return t->slots[(i + ((size_t)__builtin_ctzll(live) >> 3)) & t->mask];
+            return ent_at(s, t, t->slots[(i + ((size_t)__builtin_ctzll(live) >> 3)) & t->mask]);
         i = (i + 8) & t->mask;
     }
     rk_assert(!"live count says a live slot exists");
@@ -642,7 +861,7 @@ size_t shard_expire_step(struct shard *s, int64_t now_ms, size_t budget, shard_v
     for (size_t k = 0; k < budget && s->expires; k++) {
         size_t i = s->exp_cursor & t->mask;
         s->exp_cursor = i + 1;
-        if ((t->tags[i] & TAG_LIVE) && ent_expired(t->slots[i], now_ms)) {
+        if ((t->tags[i] & TAG_LIVE) && ent_expired(ent_at(s, t, t->slots[i]), now_ms)) {
             drop_slot(s, t, i, on_expire, arg);
             removed++;
         }
@@ -688,7 +907,8 @@ size_t shard_expire_step(struct shard *s, int64_t now_ms, size_t budget, shard_v
  * hashes is worth many bytes per key.  Work per call is bounded by count * 10 buckets.
  * fn must not modify the shard (nor call shard_get, which may move slots).
  */
-static size_t visit_home(const struct table *t, size_t b, shard_visit_fn *fn, void *arg)
+static size_t visit_home(const struct shard *s, const struct table *t, size_t b, shard_visit_fn *fn,
+                         void *arg)
 {
     size_t n = 0;
     size_t i = b;
@@ -696,8 +916,11 @@ static size_t visit_home(const struct table *t, size_t b, shard_visit_fn *fn, vo
         uint8_t g = t->tags[i];
         if (g == TAG_EMPTY)
             break;
-        if ((g & TAG_LIVE) && (ent_hash(t->slots[i]) & t->mask) == b) {
-            fn(arg, t->slots[i]);
+        if (!(g & TAG_LIVE))
+            continue;
+        const struct kv_entry *e = ent_at(s, t, t->slots[i]);
+        if ((ent_hash(e) & t->mask) == b) {
+            fn(arg, e);
             n++;
         }
     }
@@ -721,7 +944,7 @@ uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_
     for (size_t b = 0; b < max_buckets; b++) {
         if (!resizing(s)) {
             uint64_t m0 = s->cur.mask;
-            visited += visit_home(&s->cur, v & m0, fn, arg);
+            visited += visit_home(s, &s->cur, v & m0, fn, arg);
             v = scan_next(v, m0);
         } else {
             const struct table *small = &s->cur, *large = &s->old;
@@ -730,13 +953,13 @@ uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_
                 large = &s->cur;
             }
             uint64_t m0 = small->mask, m1 = large->mask;
-            visited += visit_home(small, v & m0, fn, arg);
+            visited += visit_home(s, small, v & m0, fn, arg);
             /* The large table's buckets that expand v & m0, from the cursor's own high bits
              * on, in reverse-binary order: those below were visited by earlier calls made
              * while the large table was the only one.  When the high bits wrap to zero the
              * carry has advanced the small-table part, which is the next cursor. */
             do {
-                visited += visit_home(large, v & m1, fn, arg);
+                visited += visit_home(s, large, v & m1, fn, arg);
                 v = scan_next(v, m1);
             } while (v & (m0 ^ m1));
         }

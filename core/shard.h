@@ -16,7 +16,11 @@
  *
  * Entries: a key, a value and an optional absolute expiry deadline (ms since the epoch)
  * packed into one allocation.  The shard owns the entries stored in it; a pointer returned
- * by a lookup stays valid until the next call that modifies this shard.
+ * by a lookup stays valid until the next call that modifies this shard.  The owner makes its
+ * entries with shard_entry_new, which puts small ones in the shard's own slab memory (no
+ * allocator header, 4-byte rounding, found from the table by a 4-byte reference alone): that
+ * is what keeps a small key-value pair cheap.  kv_entry_new's entries are malloc blocks; they
+ * work anywhere but cost about 20 bytes more each.
  *
  * Expiry is not applied here: shard_get returns an entry whatever its deadline.  Lazy expiry
  * is the commands' job (core/keyspace.h); active expiry is shard_expire_step.
@@ -40,32 +44,46 @@ static inline uint32_t kv_shard_of(uint64_t hash, unsigned shard_bits)
 }
 
 /* A new entry holding copies of key and val.  expire_ms is an absolute deadline in ms, or
- * KV_NO_EXPIRE. */
+ * KV_NO_EXPIRE.  It is a malloc block; see shard_entry_new for the cheaper kind. */
 struct kv_entry *kv_entry_new(const char *key, size_t klen, const char *val, size_t vlen,
                               int64_t expire_ms);
+/* Free an entry that no shard holds (one never put, or made but not used).  Entries of
+ * either kind; one from shard_entry_new(s, ...) only on s's owner thread. */
 void kv_entry_free(struct kv_entry *e);
 const char *kv_entry_key(const struct kv_entry *e, size_t *klen);
 const char *kv_entry_val(const struct kv_entry *e, size_t *vlen);
 int64_t kv_entry_expire(const struct kv_entry *e); /* KV_NO_EXPIRE when none */
-/* Bytes this entry takes in memory, allocator overhead included (malloc_usable_size). */
+/* Bytes this entry takes in memory, allocator overhead included: its slab chunk, or its
+ * malloc chunk with glibc's chunk header. */
 size_t kv_entry_mem(const struct kv_entry *e);
 
 struct shard *shard_new(void);
 void shard_free(struct shard *s); /* frees every entry */
 
+/* As kv_entry_new, but allocated from s's own memory: an entry of up to 512 bytes (header,
+ * key and value) is a slab chunk of s, a larger one a malloc block.  It must be given to
+ * shard_put(s, ...) with this same s, or to kv_entry_free, before the next shard_flush or
+ * shard_free of s; only s's owner thread may call this. */
+struct kv_entry *shard_entry_new(struct shard *s, const char *key, size_t klen, const char *val,
+                                 size_t vlen, int64_t expire_ms);
+
 /* The entry for key, or NULL.  Ignores expiry. */
 struct kv_entry *shard_get(struct shard *s, uint64_t hash, const char *key, size_t klen);
 /* Insert e, or replace the entry with the same key (the old one is freed).  Takes ownership
- * of e.  hash is the hash of e's key. */
+ * of e, which comes from kv_entry_new or from shard_entry_new(s, ...).  hash is the hash of
+ * e's key. */
 void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e);
 /* Remove and free the entry for key.  Returns 1 if there was one, 0 if not. */
 int shard_del(struct shard *s, uint64_t hash, const char *key, size_t klen);
-/* Remove and free every entry; the table shrinks back to its initial size. */
+/* Remove and free every entry; the table shrinks back to its initial size and the slab
+ * memory goes back to the kernel. */
 void shard_flush(struct shard *s);
 
 size_t shard_count(const struct shard *s);   /* live entries (expired but not yet removed too) */
 size_t shard_expires(const struct shard *s); /* entries with a deadline */
-size_t shard_mem(const struct shard *s);     /* bytes: entries plus tables */
+/* Bytes the shard holds: the resident pages of its slab memory (free chunks and emptied
+ * slabs kept for reuse included), its malloc'd entries, its tables and directories. */
+size_t shard_mem(const struct shard *s);
 
 typedef void shard_visit_fn(void *arg, const struct kv_entry *e);
 

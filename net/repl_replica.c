@@ -454,7 +454,7 @@ static void apply(struct worker *w, uint32_t s, const struct ring_rec *r)
     switch (r->type) {
     case RING_SET:
         shard_put(sh, kv_hash(r->key, r->klen),
-                  kv_entry_new(r->key, r->klen, r->val, r->vlen, r->expire_ms));
+                  shard_entry_new(sh, r->key, r->klen, r->val, r->vlen, r->expire_ms));
         break;
     case RING_DEL:
         shard_del(sh, kv_hash(r->key, r->klen), r->key, r->klen);
