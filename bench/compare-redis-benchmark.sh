@@ -11,12 +11,13 @@
 # stopped by its pid at the end, whatever happens.
 #
 # Usage: bench/compare-redis-benchmark.sh [ringkv-bench binary]
-# Environment: PORT (7392), REPS (3), N1 (requests at pipeline 1, 1000000),
+# Environment: PORT (a free port the kernel picks), REPS (3), N1 (requests at pipeline 1, 1000000),
 #              N16 (at pipeline 16, 2000000), KEYS (1000000), SIZE (32), CLIENTS (50),
 #              OUT (directory for the raw results, /tmp/ringkv-compare)
 set -u
 LG=${1:-build/rel/ringkv-bench}
-PORT=${PORT:-7392}
+PORT=${PORT:-$(/usr/bin/python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 REPS=${REPS:-3}
 N1=${N1:-1000000}
 N16=${N16:-2000000}
