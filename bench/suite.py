@@ -344,8 +344,10 @@ class Config:
         if self.family == "redis":
             return [s.redis, "--port", str(port), "--bind", "127.0.0.1", "--replicaof",
                     "127.0.0.1", mport, "--save", "", "--appendonly", "no"]
-        return [s.server, "--port", str(port), "--bind", "127.0.0.1", "--replicaof", "127.0.0.1",
-                mport, "--repl-transport", self.transport]
+        # One worker thread, like Redis's replica: on a small host the replica shares the
+        # cores with its master and the client (docs/BENCHMARKS.md, "What each row runs").
+        return [s.server, "--threads", "1", "--port", str(port), "--bind", "127.0.0.1",
+                "--replicaof", "127.0.0.1", mport, "--repl-transport", self.transport]
 
     def start(self):
         wd = self.suite.workdir
