@@ -647,6 +647,21 @@ static void execute(struct conn *c, struct req *req)
             return;
         }
     }
+    if ((cmd->flags & CMD_WRITE) && repl_logging() && !repl_is_replica()) {
+        /* A write whose arguments could not fit in one log record would leave replicas
+         * behind: refuse it up front (repl-ring-size sets the limit). */
+        size_t total = 0;
+        for (int i = 1; i < req->argc; i++)
+            total += req->argv[i].len;
+        if (total > ring_max_payload(&repl.log) - 64) {
+            conn_reply_begin(c, &r, req->proto, req->crlf);
+            reply_errorf(&r, "ERR the write is too large for the replication log (%zu bytes; "
+                             "raise repl-ring-size)",
+                         total);
+            conn_reply_end(c, &r);
+            return;
+        }
+    }
     if ((cmd->flags & CMD_WRITE) && repl_is_replica()) {
         conn_reply_begin(c, &r, req->proto, req->crlf);
         reply_error(&r, "READONLY You can't write against a read only replica.");

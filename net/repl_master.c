@@ -50,11 +50,18 @@ void repl_on_change(void *arg, enum ks_change what, const struct kv_entry *e, co
         const char *k = kv_entry_key(e, &kl);
         const char *v = kv_entry_val(e, &vl);
         end = ring_append_set(&repl.log, s, k, kl, v, vl, kv_entry_expire(e));
-        if (!end)
-            rk_log(RK_LOG_WARNING,
-                   "a value of %zu bytes is too large for the replication log "
-                   "(repl-ring-size): replicas will resync",
-                   vl);
+        if (!end) {
+            /* Too large for a record (APPEND or SETRANGE grew it past a quarter ring; larger
+             * requests are refused before they run): replicas drop the key rather than keep
+             * an older value. */
+            end = ring_append_del(&repl.log, s, k, kl);
+            static uint64_t warned; /* relaxed counter: a log line now and then is enough */
+            if (__atomic_fetch_add(&warned, 1, __ATOMIC_RELAXED) % 1000 == 0)
+                rk_log(RK_LOG_WARNING,
+                       "a value of %zu bytes is too large for the replication log "
+                       "(repl-ring-size): replicas get a DEL for its key",
+                       vl);
+        }
     } else if (what == KS_CHANGE_DEL) {
         end = ring_append_del(&repl.log, s, key, klen);
     } else {
@@ -372,7 +379,8 @@ static void walk_emit(void *arg, const struct kv_entry *e)
     const char *k = kv_entry_key(e, &kl);
     const char *v = kv_entry_val(e, &vl);
     uint64_t before = ring_tail(&repl.log, a->s);
-    ring_append_set(&repl.log, a->s, k, kl, v, vl, exp);
+    if (!ring_append_set(&repl.log, a->s, k, kl, v, vl, exp))
+        return; /* too large to replicate: the replica starts without it */
     a->bytes += ring_tail(&repl.log, a->s) - before;
     a->entries++;
     a->w->repl_appended = true;

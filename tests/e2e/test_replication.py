@@ -788,3 +788,24 @@ class Replication(ReplicationCase):
             return synced(rc)
         wait_until(done, 15, "one full sync to finish")
         self.wait_equal(mc, [rc])
+
+    def test_16_writes_too_large_for_the_log(self):
+        # A 64 KiB ring takes records of at most 16 KiB.  With a replica attached, a larger
+        # write is refused before it runs; a value that APPEND grows past the limit reaches
+        # the replica as a DEL of its key, never as a stale older value; smaller writes go on.
+        m = self.start("--repl-ring-size", "64kb", shards=1, threads=1)
+        r = self.replica(m, threads=1)
+        mc, rc = self.connect(m), self.connect(r)
+        self.wait_synced(rc)
+        err = mc.call("SET", "big", "x" * 20000)
+        self.assertIsInstance(err, Error)
+        self.assertIn("too large for the replication log", err)
+        self.assertIsNone(mc.call("GET", "big"), "a refused write does not run")
+        self.assertEqual(mc.call("SET", "grow", "y" * 10000), "OK")
+        wait_until(lambda: rc.call("GET", "grow") == b"y" * 10000, 10, "the replica to get it")
+        self.assertEqual(mc.call("APPEND", "grow", "z" * 10000), 20000)
+        self.assertEqual(mc.call("SET", "after", "1"), "OK")
+        wait_until(lambda: rc.call("GET", "after") == b"1", 10, "the replica to catch up")
+        self.assertIsNone(rc.call("GET", "grow"), "the replica dropped the key it can't hold")
+        self.assertEqual(len(mc.call("GET", "grow")), 20000, "the master keeps it")
+        self.assertIn("too large for the replication log", self.log_of(m))
