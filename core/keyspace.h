@@ -32,7 +32,7 @@ struct ks_stats {
 
 /* Count one event: the owner's relaxed read-modify-write (no lock prefix); INFO reads the
  * counters from other threads with relaxed loads. */
-#define KS_STAT_INC(st, f)                                                                     \
+#define KS_STAT_INC(st, f)                                                                         \
     __atomic_store_n(&(st)->f, __atomic_load_n(&(st)->f, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED)
 
 enum ks_change { KS_CHANGE_SET, KS_CHANGE_DEL, KS_CHANGE_FLUSH };

@@ -94,8 +94,7 @@ typedef void shard_visit_fn(void *arg, const struct kv_entry *e);
  * and, when count > 0, keeps going until about count entries were visited.  Returns the next
  * cursor; 0 when the iteration is complete.  Cursors are below 2^48.
  */
-uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_fn *fn,
-                    void *arg);
+uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_fn *fn, void *arg);
 /* Visit every entry (whole table; for DEBUG DIGEST and KEYS).  fn must not modify the shard,
  * nor call shard_get (which may move slots of a resize in progress); the same holds for
  * shard_scan's fn. */

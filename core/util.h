@@ -62,7 +62,7 @@ bool rk_eqi(const char *s, size_t len, const char *cstr);
  * (stdout by default) with pid, role char and time. */
 enum { RK_LOG_DEBUG = 0, RK_LOG_VERBOSE, RK_LOG_NOTICE, RK_LOG_WARNING };
 extern int rk_log_level;
-extern char rk_log_role; /* 'M' master, 'S' replica, as Redis's log lines */
+extern char rk_log_role;                /* 'M' master, 'S' replica, as Redis's log lines */
 void rk_log_set_file(const char *path); /* "" or NULL = stdout */
 void rk_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

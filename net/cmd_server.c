@@ -77,8 +77,7 @@ void srv_randomkey(struct conn *c, struct req *req)
     char num[24];
     int n = rk_ll2str(num, (long long)(w->rng >> 1));
     struct arg argv[2] = {req->argv[0], {num, (size_t)n}};
-    dispatch_shards(c, req, ks_randomkey_shard, COMB_FIRST, 2, argv,
-                    (int)(w->rng % srv.nshards));
+    dispatch_shards(c, req, ks_randomkey_shard, COMB_FIRST, 2, argv, (int)(w->rng % srv.nshards));
 }
 
 void srv_scan(struct conn *c, struct req *req)
@@ -224,8 +223,9 @@ void srv_hello(struct conn *c, struct req *req)
         } else if (rk_eqi(o->p, o->len, "setname") && left >= 1) {
             name = &req->argv[++i];
             if (!valid_client_name(name)) {
-                reply_now_error(c, req, "ERR Client names cannot contain spaces, newlines or "
-                                        "special characters.");
+                reply_now_error(c, req,
+                                "ERR Client names cannot contain spaces, newlines or "
+                                "special characters.");
                 return;
             }
         } else {
@@ -272,10 +272,10 @@ void srv_quit(struct conn *c, struct req *req)
     c->close_after_reply = true;
 }
 
-
 void conn_describe(struct conn *x, struct buf *b, int64_t now_ms)
 {
-    buf_printf(b,
+    buf_printf(
+        b,
         "id=%llu addr=%s laddr=%s fd=%d name=%s age=%lld idle=%lld flags=N db=0 sub=0 psub=0 "
         "ssub=0 multi=-1 qbuf=%zu qbuf-free=%zu argv-mem=0 multi-mem=0 obl=0 oll=%d omem=%zu "
         "tot-mem=%zu events=r cmd=%s user=default redir=-1 resp=2\n",
@@ -295,8 +295,9 @@ void srv_client(struct conn *c, struct req *req)
         conn_reply_end(c, &r);
     } else if (rk_eqi(sub->p, sub->len, "setname") && req->argc == 3) {
         if (!valid_client_name(&req->argv[2])) {
-            reply_now_error(c, req, "ERR Client names cannot contain spaces, newlines or special "
-                                    "characters.");
+            reply_now_error(c, req,
+                            "ERR Client names cannot contain spaces, newlines or special "
+                            "characters.");
             return;
         }
         set_name(c, &req->argv[2]);
@@ -309,8 +310,8 @@ void srv_client(struct conn *c, struct req *req)
             reply_nil(&r);
         conn_reply_end(c, &r);
     } else if (rk_eqi(sub->p, sub->len, "list") &&
-               (req->argc == 2 || (req->argc == 4 && rk_eqi(req->argv[2].p, req->argv[2].len,
-                                                             "type")))) {
+               (req->argc == 2 ||
+                (req->argc == 4 && rk_eqi(req->argv[2].p, req->argv[2].len, "type")))) {
         dispatch_client_list(c, req);
     } else if (rk_eqi(sub->p, sub->len, "info") && req->argc == 2) {
         struct buf b = {0};
@@ -324,12 +325,18 @@ void srv_client(struct conn *c, struct req *req)
     } else if (rk_eqi(sub->p, sub->len, "help")) {
         static const char *lines[] = {
             "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "GETNAME", "    Return the name of the current connection.",
-            "ID", "    Return the ID of the current connection.",
-            "INFO", "    Return information about the current client connection.",
-            "LIST", "    Return information about client connections.",
-            "SETNAME <name>", "    Assign the name <name> to the current connection.",
-            "HELP", "    Print this help."};
+            "GETNAME",
+            "    Return the name of the current connection.",
+            "ID",
+            "    Return the ID of the current connection.",
+            "INFO",
+            "    Return information about the current client connection.",
+            "LIST",
+            "    Return information about client connections.",
+            "SETNAME <name>",
+            "    Assign the name <name> to the current connection.",
+            "HELP",
+            "    Print this help."};
         conn_reply_begin(c, &r, req->proto, req->crlf);
         reply_array(&r, (long)RK_ARRAY_LEN(lines));
         for (size_t i = 0; i < RK_ARRAY_LEN(lines); i++)
@@ -397,31 +404,31 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
 {
     int64_t now = rk_now_ms();
     bool first = true;
-#define SECTION(name)                                                                          \
-    do {                                                                                       \
-        buf_printf(b, "%s# %s\r\n", first ? "" : "\r\n", name);                                       \
-        first = false;                                                                         \
+#define SECTION(name)                                                                              \
+    do {                                                                                           \
+        buf_printf(b, "%s# %s\r\n", first ? "" : "\r\n", name);                                    \
+        first = false;                                                                             \
     } while (0)
     if (want(argc, argv, "server", true)) {
         struct utsname u;
         uname(&u);
         SECTION("Server");
         buf_printf(b,
-            "redis_version:%s\r\nringkv_version:%s\r\nredis_mode:standalone\r\n"
-            "os:%s %s %s\r\narch_bits:%d\r\nmultiplexing_api:io_uring\r\n"
-            "process_id:%d\r\nrun_id:%s\r\ntcp_port:%d\r\nserver_time_usec:%lld\r\n"
-            "uptime_in_seconds:%lld\r\nuptime_in_days:%lld\r\nhz:10\r\nexecutable:%s\r\n"
-            "config_file:%s\r\nio_threads_active:0\r\nworker_threads:%d\r\nshards:%u\r\n"
-            "io_uring_flags:%s%s\r\n",
-            REDIS_COMPAT_VERSION, RINGKV_VERSION, u.sysname, u.release, u.machine,
-            (int)(sizeof(void *) * 8), (int)getpid(), srv.run_id, cfg.port,
-            (long long)rk_now_us(), (long long)(now - srv.start_ms) / 1000,
-            (long long)(now - srv.start_ms) / 86400000, srv.executable, cfg.config_file,
-            srv.nworkers, srv.nshards,
-            (srv.ring_flags & IORING_SETUP_DEFER_TASKRUN) ? "single_issuer,defer_taskrun"
-            : (srv.ring_flags & IORING_SETUP_COOP_TASKRUN) ? "coop_taskrun"
-                                                            : "none",
-            srv.use_msg_ring ? ",msg_ring" : ",eventfd");
+                   "redis_version:%s\r\nringkv_version:%s\r\nredis_mode:standalone\r\n"
+                   "os:%s %s %s\r\narch_bits:%d\r\nmultiplexing_api:io_uring\r\n"
+                   "process_id:%d\r\nrun_id:%s\r\ntcp_port:%d\r\nserver_time_usec:%lld\r\n"
+                   "uptime_in_seconds:%lld\r\nuptime_in_days:%lld\r\nhz:10\r\nexecutable:%s\r\n"
+                   "config_file:%s\r\nio_threads_active:0\r\nworker_threads:%d\r\nshards:%u\r\n"
+                   "io_uring_flags:%s%s\r\n",
+                   REDIS_COMPAT_VERSION, RINGKV_VERSION, u.sysname, u.release, u.machine,
+                   (int)(sizeof(void *) * 8), (int)getpid(), srv.run_id, cfg.port,
+                   (long long)rk_now_us(), (long long)(now - srv.start_ms) / 1000,
+                   (long long)(now - srv.start_ms) / 86400000, srv.executable, cfg.config_file,
+                   srv.nworkers, srv.nshards,
+                   (srv.ring_flags & IORING_SETUP_DEFER_TASKRUN)  ? "single_issuer,defer_taskrun"
+                   : (srv.ring_flags & IORING_SETUP_COOP_TASKRUN) ? "coop_taskrun"
+                                                                  : "none",
+                   srv.use_msg_ring ? ",msg_ring" : ",eventfd");
     }
     uint64_t clients = 0;
     for (int i = 0; i < srv.nworkers; i++)
@@ -429,7 +436,7 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
     if (want(argc, argv, "clients", true)) {
         SECTION("Clients");
         buf_printf(b, "connected_clients:%llu\r\nmaxclients:%lld\r\nblocked_clients:0\r\n",
-            (unsigned long long)clients, cfg_maxclients());
+                   (unsigned long long)clients, cfg_maxclients());
     }
     if (want(argc, argv, "memory", true)) {
         size_t used = 0;
@@ -441,10 +448,10 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         human_bytes(h2, sizeof(h2), (double)rss);
         SECTION("Memory");
         buf_printf(b,
-            "used_memory:%zu\r\nused_memory_human:%s\r\nused_memory_rss:%zu\r\n"
-            "used_memory_rss_human:%s\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n"
-            "maxmemory_policy:noeviction\r\nmem_allocator:libc\r\n",
-            used, h1, rss, h2);
+                   "used_memory:%zu\r\nused_memory_human:%s\r\nused_memory_rss:%zu\r\n"
+                   "used_memory_rss_human:%s\r\nmaxmemory:0\r\nmaxmemory_human:0B\r\n"
+                   "maxmemory_policy:noeviction\r\nmem_allocator:libc\r\n",
+                   used, h1, rss, h2);
     }
     if (want(argc, argv, "stats", true)) {
         struct worker_stats sum = {0};
@@ -459,14 +466,16 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
             expired += __atomic_load_n(&w->ks.expired_keys, __ATOMIC_RELAXED);
         }
         SECTION("Stats");
-#define X(f)                                                                                   \
-    if (strcmp(#f, "connected_clients") != 0)                                                  \
+#define X(f)                                                                                       \
+    if (strcmp(#f, "connected_clients") != 0)                                                      \
         buf_printf(b, #f ":%llu\r\n", (unsigned long long)sum.f);
         WORKER_STATS(X)
 #undef X
-        buf_printf(b, "expired_keys:%llu\r\nevicted_keys:0\r\nkeyspace_hits:%llu\r\n"
-               "keyspace_misses:%llu\r\n",
-            (unsigned long long)expired, (unsigned long long)hits, (unsigned long long)misses);
+        buf_printf(b,
+                   "expired_keys:%llu\r\nevicted_keys:0\r\nkeyspace_hits:%llu\r\n"
+                   "keyspace_misses:%llu\r\n",
+                   (unsigned long long)expired, (unsigned long long)hits,
+                   (unsigned long long)misses);
     }
     if (want(argc, argv, "replication", true)) {
         SECTION("Replication");
@@ -476,8 +485,9 @@ void srv_info_text(struct buf *b, struct worker *w, int argc, const struct arg *
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
         SECTION("CPU");
-        buf_printf(b, "used_cpu_sys:%ld.%06ld\r\nused_cpu_user:%ld.%06ld\r\n", (long)ru.ru_stime.tv_sec,
-            (long)ru.ru_stime.tv_usec, (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec);
+        buf_printf(b, "used_cpu_sys:%ld.%06ld\r\nused_cpu_user:%ld.%06ld\r\n",
+                   (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec, (long)ru.ru_utime.tv_sec,
+                   (long)ru.ru_utime.tv_usec);
     }
     if (want(argc, argv, "keyspace", true)) {
         size_t keys = 0, expires = 0;
@@ -530,8 +540,8 @@ void srv_config(struct conn *c, struct req *req)
     } else if (rk_eqi(sub->p, sub->len, "resetstat") && req->argc == 2) {
         for (int i = 0; i < srv.nworkers; i++) {
             struct worker *w = srv.workers[i];
-#define X(f)                                                                                   \
-    if (strcmp(#f, "connected_clients") != 0)                                                  \
+#define X(f)                                                                                       \
+    if (strcmp(#f, "connected_clients") != 0)                                                      \
         __atomic_store_n(&w->stats.f, 0, __ATOMIC_RELAXED);
             WORKER_STATS(X)
 #undef X
@@ -726,10 +736,11 @@ void srv_wait(struct conn *c, struct req *req)
         return;
     }
     if (repl_is_replica()) {
-        reply_now_error(c, req, "ERR WAIT cannot be used with replica instances. Please also "
-                                "note that since Redis 4.0 if a replica is configured to be "
-                                "writable (which is not the default) writes to replicas are "
-                                "just local and are not propagated.");
+        reply_now_error(c, req,
+                        "ERR WAIT cannot be used with replica instances. Please also "
+                        "note that since Redis 4.0 if a replica is configured to be "
+                        "writable (which is not the default) writes to replicas are "
+                        "just local and are not propagated.");
         return;
     }
     dispatch_wait(c, req, need, timeout);

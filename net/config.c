@@ -68,11 +68,11 @@ struct opt {
     size_t size;   /* sizeof the field; 0 = not stored */
     int max_words; /* words it takes at start-up; 0 means 1 */
     long long min, max;
-    const char *def;   /* the default, as text; NULL = computed by config_defaults() */
-    const char *shown; /* CONFIG GET's value for an option that is not stored */
-    const char *rule;  /* the rule in words, where the type alone does not explain it */
-    const char *arg;   /* --help: what the value looks like */
-    const char *help;  /* --help: one short line */
+    const char *def;          /* the default, as text; NULL = computed by config_defaults() */
+    const char *shown;        /* CONFIG GET's value for an option that is not stored */
+    const char *rule;         /* the rule in words, where the type alone does not explain it */
+    const char *arg;          /* --help: what the value looks like */
+    const char *help;         /* --help: one short line */
     const char *const *names; /* OT_ENUM: the accepted words, NULL-terminated */
 };
 
@@ -400,8 +400,8 @@ static int online_cpus(void)
 void config_defaults(void)
 {
     /* Only before the workers start (or between tests): this frees replaced strings. */
-    char **strs[] = {&cfg.bind,       &cfg.requirepass, &cfg.logfile,   &cfg.pidfile,
-                     &cfg.config_file, &cfg.unixsocket, &cfg.replicaof, &cfg.masterauth};
+    char **strs[] = {&cfg.bind,        &cfg.requirepass, &cfg.logfile,   &cfg.pidfile,
+                     &cfg.config_file, &cfg.unixsocket,  &cfg.replicaof, &cfg.masterauth};
     for (size_t i = 0; i < RK_ARRAY_LEN(strs); i++) {
         rk_free(*strs[i]);
         *strs[i] = NULL;

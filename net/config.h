@@ -38,15 +38,15 @@ struct config {
     long long client_query_buffer_limit; /* bytes */
     char *pidfile;                       /* "" = none */
     char *config_file;                   /* absolute path of the file read at start, "" if none */
-    char *unixsocket;             /* "auto" = /tmp/ringkv-<port>.sock, "" = none */
-    char *replicaof;              /* "host port", or "" for a master */
-    char *masterauth;             /* password a replica sends to its master */
-    int repl_transport;           /* enum repl_transport */
-    long long repl_ring_size;     /* replication log bytes per shard */
-    int sync_mode;                /* enum sync_mode */
-    long long sync_replicas;      /* N for semi and sync */
-    long long sync_timeout;       /* ms */
-    int sync_fallback;            /* enum sync_fallback */
+    char *unixsocket;                    /* "auto" = /tmp/ringkv-<port>.sock, "" = none */
+    char *replicaof;                     /* "host port", or "" for a master */
+    char *masterauth;                    /* password a replica sends to its master */
+    int repl_transport;                  /* enum repl_transport */
+    long long repl_ring_size;            /* replication log bytes per shard */
+    int sync_mode;                       /* enum sync_mode */
+    long long sync_replicas;             /* N for semi and sync */
+    long long sync_timeout;              /* ms */
+    int sync_fallback;                   /* enum sync_fallback */
 };
 
 enum repl_transport { REPL_AUTO = 0, REPL_SHM = 1, REPL_TCP = 2 };

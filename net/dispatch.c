@@ -66,20 +66,20 @@ static const struct cmd_spec commands[] = {
      "Set the value and expiration in milliseconds of a key"},
     {"getset", 3, W_ | CMD_FAST, ROUTE_KEY, 0, 0, ks_getset, NULL, KEY1, "string", "1.0.0",
      "Set the string value of a key and return its old value"},
-    {"getdel", 2, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_getdel, NULL, KEY1, "string",
-     "6.2.0", "Get the value of a key and delete the key"},
-    {"getex", -2, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_getex, NULL, KEY1, "string",
-     "6.2.0", "Get the value of a key and optionally set its expiration"},
+    {"getdel", 2, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_getdel, NULL, KEY1, "string", "6.2.0",
+     "Get the value of a key and delete the key"},
+    {"getex", -2, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_getex, NULL, KEY1, "string", "6.2.0",
+     "Get the value of a key and optionally set its expiration"},
     {"mget", -2, R_ | CMD_FAST, ROUTE_KEYS, COMB_ARRAY, 1, ks_get, NULL, 1, -1, 1, "string",
      "1.0.0", "Get the values of all the given keys"},
     {"mset", -3, W_, ROUTE_KEYS, COMB_OK, 2, ks_mset_one, NULL, 1, -1, 2, "string", "1.0.1",
      "Set multiple keys to multiple values"},
-    {"msetnx", -3, W_, ROUTE_KEYS, COMB_MSETNX, 2, ks_exists, NULL, 1, -1, 2, "string",
-     "1.0.1", "Set multiple keys to multiple values, only if none of the keys exist"},
+    {"msetnx", -3, W_, ROUTE_KEYS, COMB_MSETNX, 2, ks_exists, NULL, 1, -1, 2, "string", "1.0.1",
+     "Set multiple keys to multiple values, only if none of the keys exist"},
     {"del", -2, CMD_WRITE, ROUTE_KEYS, COMB_SUM, 1, ks_del, NULL, 1, -1, 1, "generic", "1.0.0",
      "Delete a key"},
-    {"unlink", -2, CMD_WRITE | CMD_FAST, ROUTE_KEYS, COMB_SUM, 1, ks_del, NULL, 1, -1, 1,
-     "generic", "4.0.0", "Delete a key asynchronously in another thread"},
+    {"unlink", -2, CMD_WRITE | CMD_FAST, ROUTE_KEYS, COMB_SUM, 1, ks_del, NULL, 1, -1, 1, "generic",
+     "4.0.0", "Delete a key asynchronously in another thread"},
     {"exists", -2, R_ | CMD_FAST, ROUTE_KEYS, COMB_SUM, 1, ks_exists, NULL, 1, -1, 1, "generic",
      "1.0.0", "Determine if a key exists"},
     {"touch", -2, R_ | CMD_FAST, ROUTE_KEYS, COMB_SUM, 1, ks_touch, NULL, 1, -1, 1, "generic",
@@ -104,60 +104,60 @@ static const struct cmd_spec commands[] = {
      "Get a substring of the string stored at a key"},
     {"setrange", 4, W_, ROUTE_KEY, 0, 0, ks_setrange, NULL, KEY1, "string", "2.2.0",
      "Overwrite part of a string at key starting at the specified offset"},
-    {"expire", -3, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_expire, NULL, KEY1, "generic",
-     "1.0.0", "Set a key's time to live in seconds"},
+    {"expire", -3, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_expire, NULL, KEY1, "generic", "1.0.0",
+     "Set a key's time to live in seconds"},
     {"pexpire", -3, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_pexpire, NULL, KEY1, "generic",
      "2.6.0", "Set a key's time to live in milliseconds"},
     {"expireat", -3, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_expireat, NULL, KEY1, "generic",
      "1.2.0", "Set the expiration for a key as a UNIX timestamp"},
-    {"pexpireat", -3, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_pexpireat, NULL, KEY1,
-     "generic", "2.6.0", "Set the expiration for a key as a UNIX timestamp specified in ms"},
+    {"pexpireat", -3, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_pexpireat, NULL, KEY1, "generic",
+     "2.6.0", "Set the expiration for a key as a UNIX timestamp specified in ms"},
     {"ttl", 2, R_ | CMD_FAST, ROUTE_KEY, 0, 0, ks_ttl, NULL, KEY1, "generic", "1.0.0",
      "Get the time to live for a key in seconds"},
     {"pttl", 2, R_ | CMD_FAST, ROUTE_KEY, 0, 0, ks_pttl, NULL, KEY1, "generic", "2.6.0",
      "Get the time to live for a key in milliseconds"},
     {"persist", 2, CMD_WRITE | CMD_FAST, ROUTE_KEY, 0, 0, ks_persist, NULL, KEY1, "generic",
      "2.2.0", "Remove the expiration from a key"},
-    {"dbsize", 1, R_ | CMD_FAST, ROUTE_LOCAL, 0, 0, NULL, srv_dbsize, 0, 0, 0, "server",
-     "1.0.0", "Return the number of keys in the selected database"},
-    {"flushall", -1, CMD_WRITE, ROUTE_LOCAL, 0, 0, NULL, srv_flushall, 0, 0, 0, "server",
-     "1.0.0", "Remove all keys from all databases"},
-    {"flushdb", -1, CMD_WRITE, ROUTE_LOCAL, 0, 0, NULL, srv_flushall, 0, 0, 0, "server",
-     "1.0.0", "Remove all keys from the current database"},
+    {"dbsize", 1, R_ | CMD_FAST, ROUTE_LOCAL, 0, 0, NULL, srv_dbsize, 0, 0, 0, "server", "1.0.0",
+     "Return the number of keys in the selected database"},
+    {"flushall", -1, CMD_WRITE, ROUTE_LOCAL, 0, 0, NULL, srv_flushall, 0, 0, 0, "server", "1.0.0",
+     "Remove all keys from all databases"},
+    {"flushdb", -1, CMD_WRITE, ROUTE_LOCAL, 0, 0, NULL, srv_flushall, 0, 0, 0, "server", "1.0.0",
+     "Remove all keys from the current database"},
     {"keys", 2, R_, ROUTE_LOCAL, 0, 0, NULL, srv_keys, 0, 0, 0, "generic", "1.0.0",
      "Find all keys matching the given pattern"},
     {"scan", -2, R_, ROUTE_LOCAL, 0, 0, NULL, srv_scan, 0, 0, 0, "generic", "2.8.0",
      "Incrementally iterate the keys space"},
     {"randomkey", 1, R_, ROUTE_LOCAL, 0, 0, NULL, srv_randomkey, 0, 0, 0, "generic", "1.0.0",
      "Return a random key from the keyspace"},
-    {"ping", -1, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_ping, 0, 0, 0,
-     "connection", "1.0.0", "Ping the server"},
+    {"ping", -1, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_ping, 0, 0, 0, "connection",
+     "1.0.0", "Ping the server"},
     {"echo", 2, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_echo, 0, 0, 0, "connection",
      "1.0.0", "Echo the given string"},
-    {"select", 2, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_select, 0, 0, 0,
-     "connection", "1.0.0", "Change the selected database for the current connection"},
+    {"select", 2, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_select, 0, 0, 0, "connection",
+     "1.0.0", "Change the selected database for the current connection"},
     {"auth", -2, CMD_NOAUTH | CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_auth, 0, 0, 0,
      "connection", "1.0.0", "Authenticate to the server"},
-    {"hello", -1, CMD_NOAUTH | CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_hello, 0, 0,
-     0, "connection", "6.0.0", "Handshake with Redis"},
+    {"hello", -1, CMD_NOAUTH | CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_hello, 0, 0, 0,
+     "connection", "6.0.0", "Handshake with Redis"},
     {"quit", -1, CMD_NOAUTH | CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_quit, 0, 0, 0,
      "connection", "1.0.0", "Close the connection"},
-    {"client", -2, CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_client, 0, 0, 0, "connection",
-     "2.4.0", "A container for client connection commands"},
+    {"client", -2, CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_client, 0, 0, 0, "connection", "2.4.0",
+     "A container for client connection commands"},
     {"info", -1, CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_info, 0, 0, 0, "server", "1.0.0",
      "Get information and statistics about the server"},
-    {"config", -2, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_config, 0, 0, 0,
-     "server", "2.0.0", "A container for server configuration commands"},
-    {"command", -1, CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_command, 0, 0, 0, "server",
-     "2.8.13", "Get array of Redis command details"},
-    {"shutdown", -1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shutdown,
-     0, 0, 0, "server", "1.0.0", "Synchronously save the dataset to disk and then shut down"},
+    {"config", -2, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_config, 0, 0, 0, "server",
+     "2.0.0", "A container for server configuration commands"},
+    {"command", -1, CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_command, 0, 0, 0, "server", "2.8.13",
+     "Get array of Redis command details"},
+    {"shutdown", -1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shutdown, 0, 0, 0,
+     "server", "1.0.0", "Synchronously save the dataset to disk and then shut down"},
     {"role", 1, CMD_FAST | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_role, 0, 0, 0, "server",
      "2.8.12", "Return the role of the instance in the context of replication"},
     {"replicaof", 3, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_replicaof, 0, 0, 0,
      "server", "5.0.0", "Make the server a replica of another instance, or promote it as master"},
-    {"slaveof", 3, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_replicaof, 0, 0, 0,
-     "server", "1.0.0", "Make the server a replica of another instance, or promote it as master"},
+    {"slaveof", 3, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_replicaof, 0, 0, 0, "server",
+     "1.0.0", "Make the server a replica of another instance, or promote it as master"},
     {"ringkv.shminfo", 1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shminfo, 0, 0, 0,
      "server", "0.1.0", "Where a same-host replica attaches (Unix socket, host, shards)"},
     {"wait", 3, 0, ROUTE_LOCAL, 0, 0, NULL, srv_wait, 0, 0, 0, "generic", "3.0.0",
@@ -301,8 +301,8 @@ void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t
     }
     rk_assert((size_t)(p - (const char *)msg) == len);
     if (sync_active() && !repl_is_replica()) {
-        struct sync_target t = {.remote = true, .from = from, .conn = m->conn, .slot = m->slot,
-                                .part = m->part};
+        struct sync_target t = {
+            .remote = true, .from = from, .conn = m->conn, .slot = m->slot, .part = m->part};
         sync_exec(w, m->shard, m->hash, m->fn, (int)m->argc, argv, m->proto, m->crlf, &t);
         if (argv != stackv)
             rk_free(argv);
@@ -603,8 +603,8 @@ void dispatch_remote_other(struct worker *w, int from, uint32_t type, const void
     if (type == XM_WAIT) {
         rk_assert(len == sizeof(struct xm_wait));
         const struct xm_wait *m = msg;
-        struct sync_target t = {.remote = true, .from = from, .conn = m->conn, .slot = m->slot,
-                                .part = m->part};
+        struct sync_target t = {
+            .remote = true, .from = from, .conn = m->conn, .slot = m->slot, .part = m->part};
         sync_wait_part(w, m->shard, m->need, m->timeout_ms, &t);
     } else if (type == XM_CLIENT_LIST) {
         rk_assert(len == sizeof(struct xm_clist));
@@ -655,8 +655,9 @@ static void execute(struct conn *c, struct req *req)
             total += req->argv[i].len;
         if (total > ring_max_payload(&repl.log) - 64) {
             conn_reply_begin(c, &r, req->proto, req->crlf);
-            reply_errorf(&r, "ERR the write is too large for the replication log (%zu bytes; "
-                             "raise repl-ring-size)",
+            reply_errorf(&r,
+                         "ERR the write is too large for the replication log (%zu bytes; "
+                         "raise repl-ring-size)",
                          total);
             conn_reply_end(c, &r);
             return;
@@ -719,9 +720,8 @@ void dispatch_input(struct conn *c, const char *data, size_t len)
         p = c->in.p;
         n = c->in.len;
     }
-    struct proto_limits lim = {.max_bulk = (size_t)cfg_max_bulk(),
-                               .max_inline = 64 * 1024,
-                               .max_mbulk = 1024 * 1024};
+    struct proto_limits lim = {
+        .max_bulk = (size_t)cfg_max_bulk(), .max_inline = 64 * 1024, .max_mbulk = 1024 * 1024};
     size_t off = 0;
     while (off < n && !c->closing && !c->close_after_reply) {
         ssize_t rc = proto_parse(&c->ps, p + off, n - off, &lim, &c->req);

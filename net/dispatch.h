@@ -33,13 +33,13 @@ typedef void srv_cmd_fn(struct conn *c, struct req *req);
 struct cmd_spec {
     const char *name; /* lower case */
     int arity;
-    uint32_t flags;   /* enum cmd_flags */
-    uint8_t route;    /* enum route */
-    uint8_t comb;     /* ROUTE_KEYS: enum combine */
-    uint8_t step;     /* ROUTE_KEYS: arguments per key (1, or 2 for MSET) */
-    ks_cmd_fn *ks;    /* ROUTE_KEY, ROUTE_KEYS: the single-key command */
-    srv_cmd_fn *srv;  /* ROUTE_LOCAL */
-    int first_key, last_key, key_step; /* COMMAND INFO */
+    uint32_t flags;                      /* enum cmd_flags */
+    uint8_t route;                       /* enum route */
+    uint8_t comb;                        /* ROUTE_KEYS: enum combine */
+    uint8_t step;                        /* ROUTE_KEYS: arguments per key (1, or 2 for MSET) */
+    ks_cmd_fn *ks;                       /* ROUTE_KEY, ROUTE_KEYS: the single-key command */
+    srv_cmd_fn *srv;                     /* ROUTE_LOCAL */
+    int first_key, last_key, key_step;   /* COMMAND INFO */
     const char *group, *since, *summary; /* COMMAND DOCS */
 };
 

@@ -94,8 +94,7 @@ int main(int argc, char **argv)
             fprintf(f, "%d\n", (int)getpid());
             fclose(f);
         } else {
-            rk_log(RK_LOG_WARNING, "can't write the pid file %s: %s", cfg.pidfile,
-                   strerror(errno));
+            rk_log(RK_LOG_WARNING, "can't write the pid file %s: %s", cfg.pidfile, strerror(errno));
         }
     }
     rk_log(RK_LOG_NOTICE, "ringkv %s starting: pid %d, %d worker threads, %d shards",
@@ -106,9 +105,9 @@ int main(int argc, char **argv)
         return 1;
     }
     rk_log(RK_LOG_NOTICE, "io_uring: %s, doorbells by %s",
-           (srv.ring_flags & IORING_SETUP_DEFER_TASKRUN) ? "SINGLE_ISSUER|DEFER_TASKRUN"
+           (srv.ring_flags & IORING_SETUP_DEFER_TASKRUN)  ? "SINGLE_ISSUER|DEFER_TASKRUN"
            : (srv.ring_flags & IORING_SETUP_COOP_TASKRUN) ? "COOP_TASKRUN"
-                                                           : "default flags",
+                                                          : "default flags",
            srv.use_msg_ring ? "IORING_OP_MSG_RING" : "eventfd");
     rk_log(RK_LOG_NOTICE, "Ready to accept connections on %s port %d", cfg.bind, cfg.port);
 

@@ -40,40 +40,40 @@ struct buf;
 
 /* The master's view of one attached replica (set by the main thread, read by workers). */
 struct repl_peer {
-    int active;     /* 1 while attached (release by the main thread) */
+    int active; /* 1 while attached (release by the main thread) */
     int nworkers;
     int efds[CTL_MAX_WORKERS]; /* the replica workers' eventfds */
     int32_t pid;
     char addr[64];
-    int port;       /* the replica's own listening port, for INFO */
+    int port;                /* the replica's own listening port, for INFO */
     int64_t behind_since_ms; /* main thread: first tick the replica was seen behind, for lag */
 };
 
 struct repl_state {
     /* both roles */
-    bool is_replica;             /* set at start or by REPLICAOF (main thread), read by all */
+    bool is_replica; /* set at start or by REPLICAOF (main thread), read by all */
     char replid[41];
     /* master */
     struct ring_map log;
     struct ctl_map ctl;
-    int unix_fd;                 /* listening Unix socket, -1 if none */
+    int unix_fd; /* listening Unix socket, -1 if none */
     char unix_path[108];
-    int logging;                 /* workers append to the log (set once a replica attached) */
-    uint32_t walk_req;           /* bumped per attach: workers start a walk */
+    int logging;       /* workers append to the log (set once a replica attached) */
+    uint32_t walk_req; /* bumped per attach: workers start a walk */
     struct repl_peer peers[CTL_MAX_REPLICAS];
-    uint64_t sync_timeouts;      /* writes answered by the fallback at sync-timeout */
+    uint64_t sync_timeouts; /* writes answered by the fallback at sync-timeout */
     /* replica */
     char master_host[256];
     int master_port;
-    struct repl_link *link;      /* current link or NULL (release by the main thread) */
-    uint64_t link_epoch;         /* bumped whenever link changes */
-    struct repl_link *retired;   /* old links, unmapped once every worker moved on */
-    int relink;                  /* a worker found the log lapped or corrupt: resync */
+    struct repl_link *link;    /* current link or NULL (release by the main thread) */
+    uint64_t link_epoch;       /* bumped whenever link changes */
+    struct repl_link *retired; /* old links, unmapped once every worker moved on */
+    int relink;                /* a worker found the log lapped or corrupt: resync */
     int sync_in_progress;
     int64_t link_down_since_ms;
     int64_t next_try_ms;
     int backoff_ms;
-    struct repl_req *pending;    /* REPLICAOF from a worker, for the main thread */
+    struct repl_req *pending; /* REPLICAOF from a worker, for the main thread */
     uint64_t full_syncs;
 };
 
@@ -94,7 +94,7 @@ struct repl_link {
     int master_workers;
     int master_efds[CTL_MAX_WORKERS];
     int32_t master_pid;
-    uint64_t epoch;      /* repl.link_epoch when it was published */
+    uint64_t epoch; /* repl.link_epoch when it was published */
     struct repl_link *next_retired;
 };
 

@@ -18,7 +18,6 @@
 #include "net/config.h"
 #include "net/dispatch.h"
 
-
 static uint64_t master_offset(void)
 {
     if (!repl.log.hdr)
@@ -59,26 +58,27 @@ static void info_master(struct buf *b)
         int st = (int)__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
         int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
         buf_printf(b,
-            "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=shm,pid=%d,"
-            "lag_bytes=%llu,lag_us=%lld\r\n",
-            i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
-            (unsigned long long)off, (long long)((now - hb) / 1000), (int)p->pid,
-            (unsigned long long)(moff > off ? moff - off : 0),
-            (long long)(moff > off ? (now - (int64_t)__atomic_load_n(&p->behind_since_ms,
-                                                                     __ATOMIC_RELAXED)) * 1000
-                                   : 0));
+                   "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=shm,pid=%d,"
+                   "lag_bytes=%llu,lag_us=%lld\r\n",
+                   i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
+                   (unsigned long long)off, (long long)((now - hb) / 1000), (int)p->pid,
+                   (unsigned long long)(moff > off ? moff - off : 0),
+                   (long long)(moff > off ? (now - (int64_t)__atomic_load_n(&p->behind_since_ms,
+                                                                            __ATOMIC_RELAXED)) *
+                                                1000
+                                          : 0));
     }
     buf_printf(b,
-        "master_failover_state:no-failover\r\nmaster_replid:%s\r\n"
-        "master_replid2:0000000000000000000000000000000000000000\r\n"
-        "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:%d\r\n"
-        "repl_backlog_size:%llu\r\nrepl_backlog_first_byte_offset:0\r\n"
-        "repl_backlog_histlen:%llu\r\nsync_mode:%s\r\nsync_replicas:%lld\r\n"
-        "sync_timeouts:%llu\r\n",
-        repl.replid, (unsigned long long)moff, repl_logging() ? 1 : 0,
-        (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
-        (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
-        (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED));
+               "master_failover_state:no-failover\r\nmaster_replid:%s\r\n"
+               "master_replid2:0000000000000000000000000000000000000000\r\n"
+               "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:%d\r\n"
+               "repl_backlog_size:%llu\r\nrepl_backlog_first_byte_offset:0\r\n"
+               "repl_backlog_histlen:%llu\r\nsync_mode:%s\r\nsync_replicas:%lld\r\n"
+               "sync_timeouts:%llu\r\n",
+               repl.replid, (unsigned long long)moff, repl_logging() ? 1 : 0,
+               (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
+               (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
+               (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED));
 }
 
 static void info_replica(struct buf *b, struct worker *w)
@@ -88,22 +88,22 @@ static void info_replica(struct buf *b, struct worker *w)
     int syncing = __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
     int64_t now = rk_now_ms();
     buf_printf(b,
-        "role:slave\r\nmaster_host:%s\r\nmaster_port:%d\r\nmaster_link_status:%s\r\n"
-        "master_last_io_seconds_ago:%d\r\nmaster_sync_in_progress:%d\r\n"
-        "slave_read_repl_offset:%llu\r\nslave_repl_offset:%llu\r\n",
-        repl.master_host, repl.master_port, L ? "up" : "down", L ? 0 : -1, syncing,
-        (unsigned long long)off, (unsigned long long)off);
+               "role:slave\r\nmaster_host:%s\r\nmaster_port:%d\r\nmaster_link_status:%s\r\n"
+               "master_last_io_seconds_ago:%d\r\nmaster_sync_in_progress:%d\r\n"
+               "slave_read_repl_offset:%llu\r\nslave_repl_offset:%llu\r\n",
+               repl.master_host, repl.master_port, L ? "up" : "down", L ? 0 : -1, syncing,
+               (unsigned long long)off, (unsigned long long)off);
     if (!L)
         buf_printf(b, "master_link_down_since_seconds:%lld\r\n",
-            (long long)((now - repl.link_down_since_ms) / 1000));
+                   (long long)((now - repl.link_down_since_ms) / 1000));
     buf_printf(b,
-        "master_link_transport:shm\r\nslave_priority:100\r\nslave_read_only:1\r\n"
-        "replica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n"
-        "master_replid:%s\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n"
-        "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n"
-        "sync_full:%llu\r\n",
-        L ? L->log.hdr->replid : repl.replid, (unsigned long long)off,
-        (unsigned long long)repl.full_syncs);
+               "master_link_transport:shm\r\nslave_priority:100\r\nslave_read_only:1\r\n"
+               "replica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n"
+               "master_replid:%s\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n"
+               "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n"
+               "sync_full:%llu\r\n",
+               L ? L->log.hdr->replid : repl.replid, (unsigned long long)off,
+               (unsigned long long)repl.full_syncs);
 }
 
 void repl_info(struct buf *b, struct worker *w)
@@ -125,8 +125,9 @@ void srv_role(struct conn *c, struct req *req)
         reply_bulk_cstr(&r, repl.master_host);
         reply_int(&r, repl.master_port);
         reply_bulk_cstr(&r, !L ? "connect"
-                            : __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED) ? "sync"
-                                                                                          : "connected");
+                            : __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED)
+                                ? "sync"
+                                : "connected");
         reply_int(&r, L ? (long long)slot_offset(&L->ctl, L->slot) : -1);
     } else {
         reply_array(&r, 3);

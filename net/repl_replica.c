@@ -63,8 +63,7 @@ static int send_cmd(int fd, int argc, const char **argv)
     char buf[1024];
     size_t n = (size_t)snprintf(buf, sizeof(buf), "*%d\r\n", argc);
     for (int i = 0; i < argc && n < sizeof(buf); i++)
-        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "$%zu\r\n%s\r\n", strlen(argv[i]),
-                              argv[i]);
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, "$%zu\r\n%s\r\n", strlen(argv[i]), argv[i]);
     if (n >= sizeof(buf))
         return -1;
     return send(fd, buf, n, MSG_NOSIGNAL) == (ssize_t)n ? 0 : -1;
@@ -193,13 +192,15 @@ static struct repl_link *attach(char *why, size_t wcap)
     char mine[64];
     repl_boot_id(mine, sizeof(mine));
     if (strcmp(mine, si.boot_id) != 0 || !si.path[0]) {
-        snprintf(why, wcap, "the master is not on this host (or has no unixsocket): replication "
-                            "over TCP is not built yet");
+        snprintf(why, wcap,
+                 "the master is not on this host (or has no unixsocket): replication "
+                 "over TCP is not built yet");
         return NULL;
     }
     if (si.nshards != (long)srv.nshards) {
-        snprintf(why, wcap, "the master has %ld shards and this server %u: restart this replica "
-                            "with --replicaof to adopt the master's shard count",
+        snprintf(why, wcap,
+                 "the master has %ld shards and this server %u: restart this replica "
+                 "with --replicaof to adopt the master's shard count",
                  si.nshards, srv.nshards);
         return NULL;
     }
@@ -225,7 +226,9 @@ static struct repl_link *attach(char *why, size_t wcap)
     char cbuf[CMSG_SPACE(sizeof(int) * (CTL_MAX_WORKERS + 2))];
     memset(cbuf, 0, sizeof(cbuf));
     struct iovec iov = {.iov_base = req, .iov_len = strlen(req)};
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+    struct msghdr mh = {.msg_iov = &iov,
+                        .msg_iovlen = 1,
+                        .msg_control = cbuf,
                         .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)srv.nworkers)};
     struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
     cm->cmsg_level = SOL_SOCKET;
@@ -239,8 +242,8 @@ static struct repl_link *attach(char *why, size_t wcap)
     }
     char line[256];
     struct iovec riov = {.iov_base = line, .iov_len = sizeof(line) - 1};
-    struct msghdr rh = {.msg_iov = &riov, .msg_iovlen = 1, .msg_control = cbuf,
-                        .msg_controllen = sizeof(cbuf)};
+    struct msghdr rh = {
+        .msg_iov = &riov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
     ssize_t n = recvmsg(fd, &rh, MSG_CMSG_CLOEXEC);
     close(fd);
     int fds[CTL_MAX_WORKERS + 2];
@@ -435,8 +438,10 @@ void repl_replica_tick(void)
     repl.full_syncs++;
     __atomic_store_n(&repl.sync_in_progress, 1, __ATOMIC_RELAXED);
     publish_link(L);
-    rk_log(RK_LOG_NOTICE, "MASTER <-> REPLICA sync started: attached to %s:%d through shared "
-                          "memory (slot %d)", repl.master_host, repl.master_port, L->slot);
+    rk_log(RK_LOG_NOTICE,
+           "MASTER <-> REPLICA sync started: attached to %s:%d through shared "
+           "memory (slot %d)",
+           repl.master_host, repl.master_port, L->slot);
 }
 
 void repl_replica_shutdown(void)

@@ -40,16 +40,16 @@ struct held {
     uint8_t kind;
     uint8_t proto, crlf;
     struct sync_target t;
-    uint64_t pos;      /* HELD_REPLY, HELD_WAIT: log position to be acknowledged */
-    int64_t deadline;  /* ms; INT64_MAX = none */
-    long long need;    /* HELD_WAIT: replicas wanted */
+    uint64_t pos;     /* HELD_REPLY, HELD_WAIT: log position to be acknowledged */
+    int64_t deadline; /* ms; INT64_MAX = none */
+    long long need;   /* HELD_WAIT: replicas wanted */
     long long ival;
     long nelem;
-    ks_cmd_fn *fn;     /* HELD_CMD */
+    ks_cmd_fn *fn; /* HELD_CMD */
     uint64_t hash;
     int argc;
     struct arg *argv;
-    struct buf b;      /* HELD_REPLY: the reply; HELD_CMD: the argument bytes */
+    struct buf b; /* HELD_REPLY: the reply; HELD_CMD: the argument bytes */
 };
 
 struct shard_sync {
@@ -149,8 +149,7 @@ static bool blind_write(ks_cmd_fn *fn, int argc, const struct arg *argv)
         return false;
     for (int i = 3; i < argc; i++) {
         const struct arg *a = &argv[i];
-        if (rk_eqi(a->p, a->len, "nx") || rk_eqi(a->p, a->len, "xx") ||
-            rk_eqi(a->p, a->len, "get"))
+        if (rk_eqi(a->p, a->len, "nx") || rk_eqi(a->p, a->len, "xx") || rk_eqi(a->p, a->len, "get"))
             return false;
     }
     return true;
@@ -245,8 +244,9 @@ static void release_reply(struct worker *w, struct held *h, bool timed_out)
             struct buf b = {0};
             struct reply r;
             reply_init(&r, &b, h->proto, h->crlf);
-            reply_errorf(&r, "NOREPL the write was applied on the master but not confirmed by "
-                             "%lld replica(s) within sync-timeout",
+            reply_errorf(&r,
+                         "NOREPL the write was applied on the master but not confirmed by "
+                         "%lld replica(s) within sync-timeout",
                          cfg_sync_replicas());
             sync_deliver(w, &h->t, b.p, b.len, 0, 0);
             buf_free(&b);
@@ -283,8 +283,7 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
             w->sync_held--;
             struct held tmp = *h;
             /* Run it in place: if it writes, it becomes a held reply at the head. */
-            run_now(w, ss, s, tmp.hash, tmp.fn, tmp.argc, tmp.argv, tmp.proto, tmp.crlf, &tmp.t,
-                    h);
+            run_now(w, ss, s, tmp.hash, tmp.fn, tmp.argc, tmp.argv, tmp.proto, tmp.crlf, &tmp.t, h);
             if (h->kind == HELD_CMD) {
                 /* It did not write: its reply went out, drop the entry. */
                 ss->head = h->next;

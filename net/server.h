@@ -31,13 +31,13 @@ struct conn;
 
 /* Statistics counters of one worker; summed by INFO.  One X-macro so the struct, the sum and
  * the INFO field names cannot drift apart. */
-#define WORKER_STATS(X)                                                                        \
-    X(total_connections_received)                                                              \
-    X(total_commands_processed)                                                                \
-    X(rejected_connections)                                                                    \
-    X(total_net_input_bytes)                                                                   \
-    X(total_net_output_bytes)                                                                  \
-    X(cross_worker_requests)                                                                   \
+#define WORKER_STATS(X)                                                                            \
+    X(total_connections_received)                                                                  \
+    X(total_commands_processed)                                                                    \
+    X(rejected_connections)                                                                        \
+    X(total_net_input_bytes)                                                                       \
+    X(total_net_output_bytes)                                                                      \
+    X(cross_worker_requests)                                                                       \
     X(connected_clients)
 
 struct worker_stats {
@@ -47,8 +47,8 @@ struct worker_stats {
 };
 
 /* Add to a counter that other threads read: a relaxed load and store, no lock prefix. */
-#define STAT_ADD(w, f, n)                                                                      \
-    __atomic_store_n(&(w)->stats.f, __atomic_load_n(&(w)->stats.f, __ATOMIC_RELAXED) + (n),    \
+#define STAT_ADD(w, f, n)                                                                          \
+    __atomic_store_n(&(w)->stats.f, __atomic_load_n(&(w)->stats.f, __ATOMIC_RELAXED) + (n),        \
                      __ATOMIC_RELAXED)
 #define STAT_GET(w, f) __atomic_load_n(&(w)->stats.f, __ATOMIC_RELAXED)
 
@@ -62,15 +62,15 @@ struct part {
 };
 
 enum combine {
-    COMB_ONE,       /* the one part's bytes */
-    COMB_ARRAY,     /* array header (sum of nelem) then the parts' bytes: MGET, KEYS */
-    COMB_SUM,       /* integer: sum of ival: DEL, EXISTS, DBSIZE */
-    COMB_OK,        /* +OK: MSET, FLUSHALL */
-    COMB_DIGEST,    /* XOR of 20-byte digests, as hex: DEBUG DIGEST */
-    COMB_FIRST,     /* first part that is not nil, else nil: RANDOMKEY */
-    COMB_MSETNX,    /* phase 1 sums EXISTS, phase 2 sets: MSETNX */
-    COMB_TEXT,      /* parts' text concatenated into one bulk: CLIENT LIST */
-    COMB_MIN,       /* integer: smallest ival: WAIT */
+    COMB_ONE,    /* the one part's bytes */
+    COMB_ARRAY,  /* array header (sum of nelem) then the parts' bytes: MGET, KEYS */
+    COMB_SUM,    /* integer: sum of ival: DEL, EXISTS, DBSIZE */
+    COMB_OK,     /* +OK: MSET, FLUSHALL */
+    COMB_DIGEST, /* XOR of 20-byte digests, as hex: DEBUG DIGEST */
+    COMB_FIRST,  /* first part that is not nil, else nil: RANDOMKEY */
+    COMB_MSETNX, /* phase 1 sums EXISTS, phase 2 sets: MSETNX */
+    COMB_TEXT,   /* parts' text concatenated into one bulk: CLIENT LIST */
+    COMB_MIN,    /* integer: smallest ival: WAIT */
 };
 
 /* A reply not yet sent, in request order.  Slots exist only while some earlier reply of the
@@ -78,15 +78,15 @@ enum combine {
  * connection's output buffer. */
 struct slot {
     struct slot *next;
-    struct buf out;     /* the finished reply */
+    struct buf out; /* the finished reply */
     int nparts;
-    int remaining;      /* parts not yet done */
-    uint8_t comb;       /* enum combine */
+    int remaining; /* parts not yet done */
+    uint8_t comb;  /* enum combine */
     uint8_t proto, crlf;
-    bool done;          /* out holds the finished reply */
-    bool part_is_elem;  /* COMB_ARRAY: each part is one element (MGET) */
-    int phase;          /* COMB_MSETNX: 1 checking, 2 setting */
-    int argc;           /* COMB_MSETNX: a private copy of the arguments for phase 2 */
+    bool done;         /* out holds the finished reply */
+    bool part_is_elem; /* COMB_ARRAY: each part is one element (MGET) */
+    int phase;         /* COMB_MSETNX: 1 checking, 2 setting */
+    int argc;          /* COMB_MSETNX: a private copy of the arguments for phase 2 */
     struct arg *argv;
     char *argmem;
     struct part parts[];
@@ -96,27 +96,27 @@ struct conn {
     struct worker *w;
     int fd;
     uint64_t id;
-    int refs;            /* operations that still point at us: recv armed, send, parts away */
-    bool closing;        /* stop reading, free once refs == 0 */
+    int refs;               /* operations that still point at us: recv armed, send, parts away */
+    bool closing;           /* stop reading, free once refs == 0 */
     bool close_after_reply; /* QUIT: close once everything is sent */
     bool recv_armed;
     bool sending;
-    bool dirty;          /* on the worker's flush list */
+    bool dirty; /* on the worker's flush list */
     bool authed;
     uint8_t last_proto;
-    struct buf in;       /* bytes received and not yet parsed */
+    struct buf in; /* bytes received and not yet parsed */
     struct proto_state ps;
     struct req req;
-    struct buf out;      /* bytes in flight in a send */
-    struct buf pend;     /* bytes to send next */
+    struct buf out;  /* bytes in flight in a send */
+    struct buf pend; /* bytes to send next */
     struct slot *slot_head, *slot_tail;
     struct conn *next_dirty;
     struct conn *prev, *next; /* the worker's list of connections */
-    char *name;          /* CLIENT SETNAME */
-    char addr[64];       /* peer ip:port */
-    char laddr[64];      /* local ip:port */
-    int64_t ctime_ms;    /* connected at */
-    int64_t last_ms;     /* last interaction */
+    char *name;               /* CLIENT SETNAME */
+    char addr[64];            /* peer ip:port */
+    char laddr[64];           /* local ip:port */
+    int64_t ctime_ms;         /* connected at */
+    int64_t last_ms;          /* last interaction */
     char last_cmd[24];
 };
 
@@ -129,7 +129,7 @@ struct repl_walk {
 
 struct worker {
     int id;
-    int cpu;               /* pinned CPU, -1 if not pinned */
+    int cpu; /* pinned CPU, -1 if not pinned */
     pthread_t thread;
     struct io_uring ring;
     int ring_fd;
@@ -138,40 +138,40 @@ struct worker {
     struct io_uring_buf_ring *br; /* provided receive buffers */
     char *bufs;
     unsigned nbufs, bufsz;
-    int event_fd;          /* doorbell when IORING_OP_MSG_RING is not available */
+    int event_fd; /* doorbell when IORING_OP_MSG_RING is not available */
     uint64_t event_val;
-    struct xring **in;     /* in[j]: from worker j to us */
-    struct xring **out;    /* out[j]: from us to worker j */
+    struct xring **in;                  /* in[j]: from worker j to us */
+    struct xring **out;                 /* out[j]: from us to worker j */
     struct xmsg **ovf_head, **ovf_tail; /* per target: records that did not fit in out[j] */
-    uint8_t *ring_bell;    /* per target: ring its doorbell at the end of this pass */
-    int sleeping;          /* about to wait in the kernel: others must ring (seq_cst) */
-    struct conn *dirty;    /* connections with output to flush at the end of the pass */
-    struct conn *conns;    /* all connections */
-    int64_t now_ms;        /* wall clock at the start of this pass */
+    uint8_t *ring_bell;                 /* per target: ring its doorbell at the end of this pass */
+    int sleeping;       /* about to wait in the kernel: others must ring (seq_cst) */
+    struct conn *dirty; /* connections with output to flush at the end of the pass */
+    struct conn *conns; /* all connections */
+    int64_t now_ms;     /* wall clock at the start of this pass */
     uint64_t rng;
-    struct ks_stats ks;    /* keyspace counters (owner writes relaxed) */
+    struct ks_stats ks; /* keyspace counters (owner writes relaxed) */
     struct worker_stats stats;
     struct __kernel_timespec tick;
     bool timer_armed;
     bool stop;
-    struct buf scratch;    /* replies to other workers' requests are built here */
-    int64_t awaiting;      /* requests posted to other workers whose replies are not back */
+    struct buf scratch;     /* replies to other workers' requests are built here */
+    int64_t awaiting;       /* requests posted to other workers whose replies are not back */
     struct slot *slot_pool; /* recycled slots (net/conn.c) */
     /* replication (net/repl_*.c) */
-    uint32_t cur_shard;    /* shard of the command running now (for the log hook) */
-    bool repl_appended;    /* appended to the log in this pass */
-    uint64_t repl_last_end; /* log position after the last append */
+    uint32_t cur_shard;      /* shard of the command running now (for the log hook) */
+    bool repl_appended;      /* appended to the log in this pass */
+    uint64_t repl_last_end;  /* log position after the last append */
     struct repl_walk *walks; /* per own shard (index s / nworkers) */
     uint32_t walk_seen;
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;
-    uint64_t *rpos;        /* replica: per own shard, next log position to apply */
-    uint8_t *rstarted;     /* replica: per own shard, rpos is valid */
-    char *rbuf;            /* replica: record copy buffer */
-    void *ssync;           /* per own shard: held replies and commands (net/repl_sync.c) */
-    int64_t sync_held;     /* entries held in all our shards' queues */
-    bool sync_wrote;       /* the command running now changed its shard */
+    uint64_t *rpos;    /* replica: per own shard, next log position to apply */
+    uint8_t *rstarted; /* replica: per own shard, rpos is valid */
+    char *rbuf;        /* replica: record copy buffer */
+    void *ssync;       /* per own shard: held replies and commands (net/repl_sync.c) */
+    int64_t sync_held; /* entries held in all our shards' queues */
+    bool sync_wrote;   /* the command running now changed its shard */
     int64_t last_tick_ms;
     size_t rcap;
     int slot_pool_len;
@@ -182,10 +182,10 @@ struct server {
     struct worker **workers;
     unsigned shard_bits;
     uint32_t nshards;
-    struct shard **shards;      /* shards[s] is owned by workers[s % nworkers] */
-    bool use_msg_ring;          /* doorbells by IORING_OP_MSG_RING (else eventfd) */
-    unsigned ring_flags;        /* the io_uring setup flags the workers got */
-    int stop;                   /* set by SHUTDOWN or a signal */
+    struct shard **shards; /* shards[s] is owned by workers[s % nworkers] */
+    bool use_msg_ring;     /* doorbells by IORING_OP_MSG_RING (else eventfd) */
+    unsigned ring_flags;   /* the io_uring setup flags the workers got */
+    int stop;              /* set by SHUTDOWN or a signal */
     uint64_t next_client_id;
     int64_t start_ms;
     char run_id[41];
@@ -203,9 +203,9 @@ static inline struct worker *shard_owner(uint32_t s)
 enum { XM_REQUEST = 1, XM_REPLY = 2, XM_CLIENT_LIST = 3, XM_WAIT = 4 };
 
 /* worker.c */
-int workers_start(void);         /* 0 or -errno, after logging why */
+int workers_start(void); /* 0 or -errno, after logging why */
 void workers_stop_and_join(void);
-void server_request_stop(void);  /* any thread: ask every worker to stop */
+void server_request_stop(void); /* any thread: ask every worker to stop */
 /* A listening socket on addr:port without SO_REUSEPORT (to find a port in use), or -errno. */
 int server_probe_bind(const char *addr, int port);
 /* Post a record to worker `to` (through out[to], or the overflow list when full); rings its
@@ -227,7 +227,7 @@ void conn_part_deliver(struct conn *c, struct slot *s, int i, const char *p, siz
                        long long ival, long nelem);
 void conn_mark_dirty(struct conn *c);
 void conn_close(struct conn *c);
-void conn_release(struct conn *c); /* frees c if it is closing and refs == 0 */
+void conn_release(struct conn *c);    /* frees c if it is closing and refs == 0 */
 void conn_free_final(struct conn *c); /* at shutdown: free whatever state it is in */
 void conn_slot_pool_free(struct worker *w);
 

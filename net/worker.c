@@ -52,7 +52,7 @@ struct server srv;
 
 enum ud_kind { UD_ACCEPT = 1, UD_RECV, UD_SEND, UD_BELL, UD_IGNORE, UD_TIMER, UD_EVENTFD };
 #define UD(p, k) ((uint64_t)(uintptr_t)(p) | (uint64_t)(k))
-#define UD_KIND(u) ((int)((u) & 7))
+#define UD_KIND(u) ((int)((u)&7))
 #define UD_PTR(u) ((void *)(uintptr_t)((u) & ~(uint64_t)7))
 
 #define RING_ENTRIES 4096
@@ -97,7 +97,8 @@ static struct io_uring_sqe *get_sqe(struct worker *w)
 
 static int listen_on(const char *addr, int port, bool reuseport)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_NUMERICHOST | AI_PASSIVE};
     struct addrinfo *res;
     char portstr[16];
@@ -211,8 +212,8 @@ static void on_accept(struct worker *w, int fd)
         w->conns->prev = c;
     w->conns = c;
     STAT_ADD(w, connected_clients, 1);
-    rk_log(RK_LOG_VERBOSE, "accepted %s (id %llu) on worker %d", c->addr,
-           (unsigned long long)c->id, w->id);
+    rk_log(RK_LOG_VERBOSE, "accepted %s (id %llu) on worker %d", c->addr, (unsigned long long)c->id,
+           w->id);
     arm_recv(c);
 }
 
@@ -574,8 +575,8 @@ static int setup_bufs(struct worker *w)
     if (mem == MAP_FAILED)
         return -errno;
     w->br = mem;
-    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)mem,
-                                   .ring_entries = w->nbufs, .bgid = 0};
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uint64_t)(uintptr_t)mem, .ring_entries = w->nbufs, .bgid = 0};
     int rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
     if (rc < 0)
         return rc;
@@ -678,8 +679,9 @@ static void *worker_main(void *arg)
             /* Sleep only if nothing arrived meanwhile (see SLEEPING AND DOORBELLS). */
             __atomic_store_n(&w->sleeping, 1, __ATOMIC_RELAXED);
             __atomic_thread_fence(__ATOMIC_SEQ_CST);
-            bool busy = xrings_readable(w) || w->dirty ||
-                        (repl_is_replica() ? repl_replica_busy(w) : repl_master_busy(w) || sync_busy(w));
+            bool busy =
+                xrings_readable(w) || w->dirty ||
+                (repl_is_replica() ? repl_replica_busy(w) : repl_master_busy(w) || sync_busy(w));
             for (int j = 0; j < srv.nworkers && !busy; j++)
                 busy = w->ring_bell[j];
             if (busy || io_uring_cq_ready(&w->ring))

@@ -31,11 +31,11 @@ struct xring_rec {
 
 struct xring {
     _Alignas(RK_CACHELINE) uint64_t head; /* consumer's read position; written by consumer */
-    uint64_t tail_cache;                   /* consumer's last view of tail */
+    uint64_t tail_cache;                  /* consumer's last view of tail */
     _Alignas(RK_CACHELINE) uint64_t tail; /* producer's write position; written by producer */
-    uint64_t head_cache;                   /* producer's last view of head */
-    uint64_t pending;                      /* producer: bytes reserved, not yet published */
-    _Alignas(RK_CACHELINE) size_t cap;     /* bytes, a power of two */
+    uint64_t head_cache;                  /* producer's last view of head */
+    uint64_t pending;                     /* producer: bytes reserved, not yet published */
+    _Alignas(RK_CACHELINE) size_t cap;    /* bytes, a power of two */
     char *data;
 };
 

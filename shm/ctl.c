@@ -60,9 +60,9 @@ int ctl_attach(struct ctl_map *c, int fd)
     struct ctl_hdr h;
     memcpy(&h, p, sizeof(h));
     bool ok = h.magic == CTL_MAGIC && h.nshards >= 1 && h.nshards <= 65536 &&
-              h.master_workers >= 1 && h.master_workers <= CTL_MAX_WORKERS &&
-              h.slot_off == 4096 && h.slot_size == slot_size(h.nshards) &&
-              h.map_len == (uint64_t)st.st_size && map_size(h.nshards) == (size_t)st.st_size;
+              h.master_workers >= 1 && h.master_workers <= CTL_MAX_WORKERS && h.slot_off == 4096 &&
+              h.slot_size == slot_size(h.nshards) && h.map_len == (uint64_t)st.st_size &&
+              map_size(h.nshards) == (size_t)st.st_size;
     if (!ok) {
         munmap(p, (size_t)st.st_size);
         close(fd);

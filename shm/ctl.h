@@ -25,31 +25,31 @@
 #define CTL_MAX_WORKERS 64
 
 enum ctl_slot_state {
-    CTL_FREE = 0,     /* M: nobody */
-    CTL_SYNCING = 1,  /* M: attached, full sync under way */
-    CTL_ONLINE = 2,   /* R: caught up with the end of every shard's walk */
+    CTL_FREE = 0,    /* M: nobody */
+    CTL_SYNCING = 1, /* M: attached, full sync under way */
+    CTL_ONLINE = 2,  /* R: caught up with the end of every shard's walk */
 };
 
 struct ctl_hdr {
     uint64_t magic;
     uint32_t nshards;
     uint32_t master_workers;
-    int32_t master_pid;                     /* M */
+    int32_t master_pid; /* M */
     uint32_t pad;
-    uint64_t master_heartbeat_ms;           /* M, every 100 ms */
-    uint32_t ack_waiting[CTL_MAX_WORKERS];  /* M: worker w waits for acks: ring its eventfd */
-    uint64_t slot_off;                      /* offset of slot 0 */
-    uint64_t slot_size;                     /* bytes per slot */
+    uint64_t master_heartbeat_ms;          /* M, every 100 ms */
+    uint32_t ack_waiting[CTL_MAX_WORKERS]; /* M: worker w waits for acks: ring its eventfd */
+    uint64_t slot_off;                     /* offset of slot 0 */
+    uint64_t slot_size;                    /* bytes per slot */
     uint64_t map_len;
 };
 
 struct ctl_slot {
-    _Alignas(64) uint32_t state;       /* enum ctl_slot_state (M sets SYNCING/FREE, R ONLINE) */
-    int32_t pid;                        /* M, from the attach request */
-    uint32_t nworkers;                  /* M: the replica's worker count */
-    uint32_t walk_req;                  /* M: the walk generation this replica waits for */
-    uint64_t heartbeat_ms;              /* R */
-    uint64_t attach_ms;                 /* M */
+    _Alignas(64) uint32_t state; /* enum ctl_slot_state (M sets SYNCING/FREE, R ONLINE) */
+    int32_t pid;                 /* M, from the attach request */
+    uint32_t nworkers;           /* M: the replica's worker count */
+    uint32_t walk_req;           /* M: the walk generation this replica waits for */
+    uint64_t heartbeat_ms;       /* R */
+    uint64_t attach_ms;          /* M */
     _Alignas(64) uint32_t sleeping[CTL_MAX_WORKERS]; /* R: worker w sleeps: ring its eventfd */
     /* Then, per shard, each an array of nshards uint64_t:
      *   sync_start[s]  M: where this replica starts reading shard s (valid once start_set)

@@ -155,7 +155,8 @@ static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void 
     __atomic_store_n(&sh->reserve, end, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (start != t) {
-        struct ring_frame pad = {.pos = t, .len = (uint32_t)(to_end - sizeof(pad)), .type = RING_PAD};
+        struct ring_frame pad = {
+            .pos = t, .len = (uint32_t)(to_end - sizeof(pad)), .type = RING_PAD};
         memcpy(data + off, &pad, sizeof(pad));
         off = 0;
     }

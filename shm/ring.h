@@ -10,8 +10,9 @@
  * POSITIONS are 64-bit byte offsets into a shard's log that only grow; the byte at position p
  * lives at data[p & (size - 1)].  A FRAME is a struct ring_frame header, then its payload,
  * padded to 16 bytes, the size of the header, so the space left before the end of the ring
- * is always either none or room for at least a PAD frame's header.  Frames never wrap: when the space before the end of the ring is too
- * short, the writer fills it with a PAD frame and starts again at offset 0.
+ * is always either none or room for at least a PAD frame's header.  Frames never wrap: when the
+ * space before the end of the ring is too short, the writer fills it with a PAD frame and starts
+ * again at offset 0.
  *
  * PUBLISHING.  The writer first announces the end of the region it is about to overwrite
  * (`reserve`), then writes the frame bytes, then publishes the new `tail` with a release
@@ -46,9 +47,9 @@ enum ring_rec_type {
 };
 
 struct ring_frame {
-    uint64_t pos;  /* the frame's own position: a reader checks it (garbage and laps) */
-    uint32_t len;  /* payload bytes */
-    uint8_t type;  /* enum ring_rec_type */
+    uint64_t pos; /* the frame's own position: a reader checks it (garbage and laps) */
+    uint32_t len; /* payload bytes */
+    uint8_t type; /* enum ring_rec_type */
     uint8_t pad[3];
 };
 
@@ -61,7 +62,7 @@ struct ring_set {
 
 /* Per-shard control words, each on its own cache line. */
 struct ring_shard {
-    _Alignas(64) uint64_t tail; /* published end of the log (release by the writer) */
+    _Alignas(64) uint64_t tail;    /* published end of the log (release by the writer) */
     _Alignas(64) uint64_t reserve; /* writer may be overwriting bytes below reserve - size */
 };
 
@@ -69,10 +70,10 @@ struct ring_hdr {
     uint64_t magic;
     uint32_t nshards;
     uint32_t pad;
-    uint64_t size;       /* bytes of data per shard, a power of two */
-    uint64_t data_off;   /* offset of shard 0's data from the start of the mapping */
-    uint64_t map_len;    /* bytes in the whole mapping */
-    char replid[41];     /* the replication id of this log */
+    uint64_t size;     /* bytes of data per shard, a power of two */
+    uint64_t data_off; /* offset of shard 0's data from the start of the mapping */
+    uint64_t map_len;  /* bytes in the whole mapping */
+    char replid[41];   /* the replication id of this log */
 };
 
 /* A mapped set of rings.  The writer's view is read-write; a reader's may be read-only. */
@@ -81,8 +82,8 @@ struct ring_map {
     struct ring_shard *shards; /* nshards entries */
     char *data;                /* shard s's data at data + s * size */
     size_t map_len;
-    int fd;                    /* the memfd */
-    bool owner;                /* created here (munmap + close on ring_map_close) */
+    int fd;     /* the memfd */
+    bool owner; /* created here (munmap + close on ring_map_close) */
 };
 
 /* A new sealed-size memfd of len bytes named name, mapped read-write at *base.  Returns the
@@ -126,13 +127,13 @@ struct ring_rec {
     size_t klen;
     const char *val;
     size_t vlen;
-    uint64_t pos;    /* where the record starts */
-    uint64_t next;   /* where the next one starts */
+    uint64_t pos;  /* where the record starts */
+    uint64_t next; /* where the next one starts */
 };
 
 enum {
-    RING_NONE = 0,   /* nothing new */
-    RING_OK = 1,     /* *rec holds a record */
+    RING_NONE = 0,    /* nothing new */
+    RING_OK = 1,      /* *rec holds a record */
     RING_LAPPED = -1, /* the writer overwrote what we were reading: resynchronise */
     RING_CORRUPT = -2 /* a frame failed its checks: resynchronise */
 };

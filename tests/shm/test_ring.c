@@ -17,8 +17,7 @@ static struct ring_map m;
 
 static void setup(void)
 {
-    cr_assert_eq(ring_map_create(&m, 4, 64 * 1024, "0123456789abcdef0123456789abcdef01234567"),
-                 0);
+    cr_assert_eq(ring_map_create(&m, 4, 64 * 1024, "0123456789abcdef0123456789abcdef01234567"), 0);
 }
 
 static void teardown(void)
