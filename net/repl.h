@@ -143,6 +143,10 @@ void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, 
 void sync_progress(struct worker *w);
 bool sync_busy(struct worker *w);
 
+/* Replica: the q-quantile (0..1) of the apply lag, in microseconds (the upper bound of its
+ * histogram bucket), over every sample since start; *samples gets their number. */
+uint64_t repl_lag_percentile(double q, uint64_t *samples);
+
 /* This host's boot id (/proc/sys/kernel/random/boot_id): same id, same host. */
 void repl_boot_id(char *out, size_t cap);
 

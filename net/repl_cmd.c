@@ -104,6 +104,10 @@ static void info_replica(struct buf *b, struct worker *w)
                "sync_full:%llu\r\n",
                L ? L->log.hdr->replid : repl.replid, (unsigned long long)off,
                (unsigned long long)repl.full_syncs);
+    uint64_t n, p50 = repl_lag_percentile(0.50, &n), p99 = repl_lag_percentile(0.99, &n);
+    buf_printf(b,
+               "apply_lag_samples:%llu\r\napply_lag_p50_us:%llu\r\napply_lag_p99_us:%llu\r\n",
+               (unsigned long long)n, (unsigned long long)p50, (unsigned long long)p99);
 }
 
 void repl_info(struct buf *b, struct worker *w)

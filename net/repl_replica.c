@@ -488,6 +488,35 @@ static void switch_link(struct worker *w, struct repl_link *L, uint64_t epoch)
     __atomic_store_n(&w->link_epoch_seen, epoch, __ATOMIC_RELEASE);
 }
 
+static void lag_sample(struct worker *w, uint64_t ns)
+{
+    uint64_t us = ns / 1000;
+    size_t b = us < 1000 ? us / 10 : 100 + (us / 1000 < 99 ? us / 1000 : 99);
+    __atomic_store_n(&w->lag_hist[b], __atomic_load_n(&w->lag_hist[b], __ATOMIC_RELAXED) + 1,
+                     __ATOMIC_RELAXED);
+}
+
+uint64_t repl_lag_percentile(double q, uint64_t *samples)
+{
+    uint64_t sum[REPL_LAG_BUCKETS] = {0}, total = 0;
+    for (int i = 0; i < srv.nworkers; i++)
+        for (int b = 0; b < REPL_LAG_BUCKETS; b++) {
+            uint64_t n = __atomic_load_n(&srv.workers[i]->lag_hist[b], __ATOMIC_RELAXED);
+            sum[b] += n;
+            total += n;
+        }
+    *samples = total;
+    if (!total)
+        return 0;
+    uint64_t want = (uint64_t)(q * (double)total), acc = 0;
+    for (int b = 0; b < REPL_LAG_BUCKETS; b++) {
+        acc += sum[b];
+        if (acc > want)
+            return b < 100 ? (uint64_t)(b + 1) * 10 : (uint64_t)(b - 99) * 1000;
+    }
+    return 100000;
+}
+
 void repl_replica_pass(struct worker *w)
 {
     uint64_t epoch = __atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE);
@@ -506,6 +535,9 @@ void repl_replica_pass(struct worker *w)
             w->rstarted[i] = 1;
         }
         uint64_t pos = w->rpos[i];
+        /* The tail and the time it was published, for the apply lag once we reach it. */
+        uint64_t goal = ring_tail(&L->log, s);
+        uint64_t goal_ns = ring_tail_ns(&L->log, s);
         struct ring_rec rec;
         int rc = RING_NONE;
         for (int n = 0; n < APPLY_BUDGET; n++) {
@@ -523,6 +555,10 @@ void repl_replica_pass(struct worker *w)
             return;
         }
         if (pos != w->rpos[i]) {
+            /* Samples count once the full sync is over: the lag of the live stream. */
+            if (pos == goal && goal_ns && !__atomic_load_n(&repl.sync_in_progress,
+                                                           __ATOMIC_RELAXED))
+                lag_sample(w, rk_mono_ns() - goal_ns);
             w->rpos[i] = pos;
             __atomic_store_n(&ctl_applied(&L->ctl, k)[s], pos, __ATOMIC_RELEASE);
             ring_master |= 1ull << (s % (uint32_t)L->master_workers);

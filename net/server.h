@@ -120,6 +120,9 @@ struct conn {
     char last_cmd[24];
 };
 
+/* Replica apply lag histogram: 10 us buckets below 1 ms, then 1 ms buckets to 100 ms. */
+#define REPL_LAG_BUCKETS 200
+
 /* A full-sync walk of one shard (net/repl_master.c). */
 struct repl_walk {
     bool active;
@@ -173,6 +176,7 @@ struct worker {
     int64_t sync_held; /* entries held in all our shards' queues */
     bool sync_wrote;   /* the command running now changed its shard */
     int64_t last_tick_ms;
+    uint64_t lag_hist[REPL_LAG_BUCKETS]; /* replica: apply lag samples (relaxed counters) */
     size_t rcap;
     int slot_pool_len;
 };

@@ -658,6 +658,7 @@ static void *worker_main(void *arg)
         struct io_uring_cqe *cqe;
         unsigned head, n = 0;
         w->now_ms = rk_now_ms();
+        ring_set_clock(rk_mono_ns());
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
             handle_cqe(w, cqe);

@@ -33,6 +33,13 @@ static size_t layout(uint32_t nshards, size_t size, size_t *data_off)
     return *data_off + (size_t)nshards * size;
 }
 
+static __thread uint64_t ring_clock_ns;
+
+void ring_set_clock(uint64_t ns)
+{
+    ring_clock_ns = ns;
+}
+
 int shm_create(const char *name, size_t len, void **base)
 {
     int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
@@ -171,6 +178,7 @@ static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void 
     if (n3)
         memcpy(p + n1 + n2, p3, n3);
     /* Release: the frame's bytes are visible before the tail that covers them. */
+    __atomic_store_n(&sh->tail_ns, ring_clock_ns, __ATOMIC_RELAXED);
     __atomic_store_n(&sh->tail, end, __ATOMIC_RELEASE);
     return end;
 }

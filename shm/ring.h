@@ -63,8 +63,14 @@ struct ring_set {
 /* Per-shard control words, each on its own cache line. */
 struct ring_shard {
     _Alignas(64) uint64_t tail;    /* published end of the log (release by the writer) */
+    uint64_t tail_ns;              /* writer's CLOCK_MONOTONIC when it published tail (stored
+                                    * before tail, so a reader that acquired tail sees it) */
     _Alignas(64) uint64_t reserve; /* writer may be overwriting bytes below reserve - size */
 };
+
+/* Writer: the CLOCK_MONOTONIC time stamped on what this thread publishes next (a worker sets
+ * it once per loop pass).  Same host, same clock: a replica measures its apply lag from it. */
+void ring_set_clock(uint64_t ns);
 
 struct ring_hdr {
     uint64_t magic;
@@ -117,6 +123,12 @@ size_t ring_max_payload(const struct ring_map *m);
 static inline uint64_t ring_tail(const struct ring_map *m, uint32_t s)
 {
     return __atomic_load_n(&m->shards[s].tail, __ATOMIC_ACQUIRE);
+}
+
+/* The writer's clock when it published shard s's tail (see ring_set_clock). */
+static inline uint64_t ring_tail_ns(const struct ring_map *m, uint32_t s)
+{
+    return __atomic_load_n(&m->shards[s].tail_ns, __ATOMIC_RELAXED);
 }
 
 /* One record, as a reader copied it out. */

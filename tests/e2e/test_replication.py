@@ -809,3 +809,19 @@ class Replication(ReplicationCase):
         self.assertIsNone(rc.call("GET", "grow"), "the replica dropped the key it can't hold")
         self.assertEqual(len(mc.call("GET", "grow")), 20000, "the master keeps it")
         self.assertIn("too large for the replication log", self.log_of(m))
+
+    def test_17_apply_lag_is_reported(self):
+        # After the full sync, each catch-up of the live stream is a lag sample in INFO.
+        m = self.start(threads=2)
+        r = self.replica(m, threads=1)
+        mc, rc = self.connect(m), self.connect(r)
+        self.wait_synced(rc)
+        for i in range(50):
+            self.assertEqual(mc.call("SET", "lag:%d" % i, "v"), "OK")
+        wait_until(lambda: rc.call("GET", "lag:49") == b"v", 10, "the replica to catch up")
+        i = info(rc)
+        self.assertGreater(int(i["apply_lag_samples"]), 0)
+        p50, p99 = int(i["apply_lag_p50_us"]), int(i["apply_lag_p99_us"])
+        self.assertGreater(p50, 0)
+        self.assertLessEqual(p50, p99)
+        self.assertLess(p99, 100000, "an idle replica applies within 100 ms")
