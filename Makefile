@@ -45,9 +45,9 @@ DEB_BENCH := gnuplot-nox
 all: deps ringkv-server ringkv-bench
 
 ringkv-server: $(SERVER)
-	@if [ "$(BUILD)" = build/rel ]; then cp $(SERVER) $@; fi
+	@if [ "$(BUILD)" = build/rel ]; then cp $(SERVER) $@.tmp && mv -f $@.tmp $@; fi
 ringkv-bench: $(BENCHB)
-	@if [ "$(BUILD)" = build/rel ]; then cp $(BENCHB) $@; fi
+	@if [ "$(BUILD)" = build/rel ]; then cp $(BENCHB) $@.tmp && mv -f $@.tmp $@; fi
 
 $(SERVER): $(LIB_OBJ) $(BUILD)/net/main.o
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)

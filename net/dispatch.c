@@ -160,6 +160,10 @@ static const struct cmd_spec commands[] = {
      "1.0.0", "Make the server a replica of another instance, or promote it as master"},
     {"ringkv.shminfo", 1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_shminfo, 0, 0, 0,
      "server", "0.1.0", "Where a same-host replica attaches (Unix socket, host, shards)"},
+    {"failover", -1, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_failover, 0, 0, 0,
+     "server", "7.0.0", "Start a coordinated failover between this server and one of its replicas."},
+    {"ringkv.psync", -6, CMD_ADMIN | CMD_STALE, ROUTE_LOCAL, 0, 0, NULL, srv_psync, 0, 0, 0,
+     "server", "0.2.0", "A TCP replica asks for the replication stream (see docs/REPLICATION.md)"},
     {"wait", 3, 0, ROUTE_LOCAL, 0, 0, NULL, srv_wait, 0, 0, 0, "generic", "3.0.0",
      "Wait for the synchronous replication of all the write commands sent in the context of "
      "the current connection"},
@@ -666,6 +670,12 @@ static void execute(struct conn *c, struct req *req)
     if ((cmd->flags & CMD_WRITE) && repl_is_replica()) {
         conn_reply_begin(c, &r, req->proto, req->crlf);
         reply_error(&r, "READONLY You can't write against a read only replica.");
+        conn_reply_end(c, &r);
+        return;
+    }
+    if ((cmd->flags & CMD_WRITE) && __atomic_load_n(&repl.writes_paused, __ATOMIC_ACQUIRE)) {
+        conn_reply_begin(c, &r, req->proto, req->crlf);
+        reply_error(&r, "TRYAGAIN writes are paused while a FAILOVER hands over to a replica");
         conn_reply_end(c, &r);
         return;
     }

@@ -47,6 +47,27 @@ struct repl_peer {
     char addr[64];
     int port;                /* the replica's own listening port, for INFO */
     int64_t behind_since_ms; /* main thread: first tick the replica was seen behind, for lag */
+    bool tcp;                /* a TCP replica: served by the replication thread */
+    int tcp_closed;          /* repl thread: its socket is closed, the slot may be reclaimed */
+    int tcp_kill;            /* main thread: cut it */
+};
+
+/* The TCP replication stream (net/repl_tcp.c): every message starts with this header. */
+enum wire_type {
+    WIRE_DATA = 1,    /* master: len raw log bytes of shard from pos follow */
+    WIRE_COMMIT = 2,  /* master: shard's bytes below pos were intact when sent: publish them */
+    WIRE_RESET = 3,   /* master, full sync: shard's log starts at pos */
+    WIRE_WALKEND = 4, /* master, full sync: shard's walk ended at pos */
+    WIRE_PING = 5,    /* master: keep-alive */
+    WIRE_ACK = 16,    /* replica: shard = nshards, then per shard u64 received, u64 applied */
+};
+struct wire_hdr {
+    uint32_t magic;
+    uint8_t type;
+    uint8_t pad[3];
+    uint64_t pos;
+    uint32_t shard;
+    uint32_t len;
 };
 
 struct repl_state {
@@ -74,7 +95,45 @@ struct repl_state {
     int64_t next_try_ms;
     int backoff_ms;
     struct repl_req *pending; /* REPLICAOF from a worker, for the main thread */
-    uint64_t full_syncs;
+    uint64_t full_syncs;    /* replica: full syncs it took (replica_full_syncs) */
+    uint64_t partial_syncs; /* replica: partial resyncs its master accepted */
+    bool follow_tcp;    /* use TCP whatever repl-transport says (after a FAILOVER to a TCP replica) */
+    bool log_is_copy;   /* our log is a copy of replid's (TCP replica), positions and all */
+    bool tcp_link;      /* the current link is TCP (main thread; INFO reads it relaxed) */
+    int rx_lost;        /* the replication thread lost the TCP link to the master */
+    int64_t link_up_ms; /* when the current link came up */
+    /* both: the previous replication id and, per shard, the position up to which this log is
+     * that id's log (after a promotion), for partial resyncs of the old master's replicas */
+    char replid2[41];
+    uint64_t *second_off; /* NULL when there is no replid2 */
+    /* master: PSYNC requests that workers handed over (a stack), and the counters of INFO */
+    struct repl_psync *psyncs;
+    /* FAILOVER (main thread; workers read writes_paused and failover_state) */
+    int writes_paused;
+    int failover_state; /* enum failover_state */
+    struct repl_failover *failover_req;
+    int failover_abort;
+    uint64_t sync_full, sync_partial_ok, sync_partial_err;
+};
+
+enum failover_state { FO_NONE = 0, FO_WAIT_SYNC = 1, FO_IN_PROGRESS = 2 };
+
+/* A FAILOVER request, from a worker to the main thread. */
+struct repl_failover {
+    char host[256]; /* "" = pick the most up-to-date online replica */
+    int port;
+    long long timeout_ms; /* 0 = none */
+    bool force;
+};
+
+/* A RINGKV.PSYNC request, handed by a worker to the main thread with its socket. */
+struct repl_psync {
+    struct repl_psync *next;
+    int fd;
+    int port;
+    char addr[64];
+    char replid[41];
+    uint64_t *pos; /* per shard */
 };
 
 /* A REPLICAOF request handed from a worker to the main thread. */
@@ -94,6 +153,9 @@ struct repl_link {
     int master_workers;
     int master_efds[CTL_MAX_WORKERS];
     int32_t master_pid;
+    bool self;    /* TCP: log and ctl are this server's own (a copy the receiver writes) */
+    bool partial; /* TCP: a partial resync: keep the data */
+    int tcp_fd;   /* TCP: the socket, handed to the replication thread */
     uint64_t epoch; /* repl.link_epoch when it was published */
     struct repl_link *next_retired;
 };
@@ -150,15 +212,42 @@ uint64_t repl_lag_percentile(double q, uint64_t *samples);
 /* This host's boot id (/proc/sys/kernel/random/boot_id): same id, same host. */
 void repl_boot_id(char *out, size_t cap);
 
+/* Main thread: stop following a master and become one (REPLICAOF NO ONE, FAILOVER). */
+void repl_promote(const char *why);
+/* INFO master_failover_state: no-failover, waiting-for-sync or failover-in-progress. */
+const char *repl_failover_state(void);
+/* A new random 40-hex-digit replication id. */
+void repl_new_replid(char out[41]);
+
 /* repl_replica.c, for repl_master.c */
 int repl_replica_prepare(void);
 void repl_replica_tick(void);
 void repl_replica_shutdown(void);
+
+/* repl_tcp.c: the replication thread. */
+int repl_tcp_init(void);
+void repl_tcp_shutdown(void);
+/* Main thread: serve a TCP replica in slot `slot` on fd (full sync, or from pos[]). */
+void repl_tcp_add_replica(int fd, int slot, bool full, const uint64_t *pos);
+/* Main thread: follow the master on fd (the handshake is done). */
+void repl_tcp_start_rx(int fd, bool full);
+/* Main thread: drop the upstream link and wait until nothing more is written to our log. */
+void repl_tcp_stop_rx(void);
+extern uint32_t repl_rx_waiting; /* the replication thread waits for our applied positions */
+extern int repl_tcp_efd;
+/* Master main thread: answer the PSYNC requests workers handed over. */
+void repl_psync_tick(void);
 
 /* Commands: INFO replication, ROLE, REPLICAOF / SLAVEOF, RINGKV.SHMINFO. */
 void repl_info(struct buf *b, struct worker *w);
 void srv_role(struct conn *c, struct req *req);
 void srv_replicaof(struct conn *c, struct req *req);
 void srv_shminfo(struct conn *c, struct req *req);
+void srv_psync(struct conn *c, struct req *req);
+void srv_failover(struct conn *c, struct req *req);
+/* Main thread: one step of a FAILOVER in progress (repl_failover.c). */
+void repl_failover_tick(void);
+/* Main thread, replica side: become a replica of host:port (REPLICAOF host port). */
+void repl_follow(const char *host, int port, bool tcp);
 
 #endif

@@ -41,6 +41,22 @@ static const char *sync_mode_name(int m)
     return m == SYNC_SYNC ? "sync" : m == SYNC_SEMI ? "semi" : "async";
 }
 
+/* The previous replication id and where its history ends (Redis: second_repl_offset is the
+ * first offset that is not part of it). */
+static void info_replid2(struct buf *b)
+{
+    uint64_t off = 0;
+    if (repl.second_off)
+        for (uint32_t s = 0; s < srv.nshards; s++)
+            off += repl.second_off[s];
+    if (repl.second_off)
+        buf_printf(b, "master_replid2:%s\r\nsecond_repl_offset:%llu\r\n", repl.replid2,
+                   (unsigned long long)off + 1);
+    else
+        buf_printf(b, "master_replid2:0000000000000000000000000000000000000000\r\n"
+                      "second_repl_offset:-1\r\n");
+}
+
 static void info_master(struct buf *b)
 {
     int n = 0;
@@ -58,33 +74,39 @@ static void info_master(struct buf *b)
         int st = (int)__atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
         int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
         buf_printf(b,
-                   "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=shm,pid=%d,"
+                   "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=%s,pid=%d,"
                    "lag_bytes=%llu,lag_us=%lld\r\n",
                    i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
-                   (unsigned long long)off, (long long)((now - hb) / 1000), (int)p->pid,
+                   (unsigned long long)off, (long long)((now - hb) / 1000),
+                   p->tcp ? "tcp" : "shm", (int)p->pid,
                    (unsigned long long)(moff > off ? moff - off : 0),
                    (long long)(moff > off ? (now - (int64_t)__atomic_load_n(&p->behind_since_ms,
                                                                             __ATOMIC_RELAXED)) *
                                                 1000
                                           : 0));
     }
+    buf_printf(b, "master_failover_state:%s\r\nmaster_replid:%s\r\n", repl_failover_state(),
+               repl.replid);
+    info_replid2(b);
     buf_printf(b,
-               "master_failover_state:no-failover\r\nmaster_replid:%s\r\n"
-               "master_replid2:0000000000000000000000000000000000000000\r\n"
-               "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:%d\r\n"
+               "master_repl_offset:%llu\r\nrepl_backlog_active:%d\r\n"
                "repl_backlog_size:%llu\r\nrepl_backlog_first_byte_offset:0\r\n"
                "repl_backlog_histlen:%llu\r\nsync_mode:%s\r\nsync_replicas:%lld\r\n"
-               "sync_timeouts:%llu\r\n",
-               repl.replid, (unsigned long long)moff, repl_logging() ? 1 : 0,
+               "sync_timeouts:%llu\r\nsync_full:%llu\r\nsync_partial_ok:%llu\r\n"
+               "sync_partial_err:%llu\r\n",
+               (unsigned long long)moff, repl_logging() ? 1 : 0,
                (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
                (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
-               (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED));
+               (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED),
+               (unsigned long long)repl.sync_full, (unsigned long long)repl.sync_partial_ok,
+               (unsigned long long)repl.sync_partial_err);
 }
 
 static void info_replica(struct buf *b, struct worker *w)
 {
     struct repl_link *L = w->link;
     uint64_t off = L ? slot_offset(&L->ctl, L->slot) : 0;
+    uint64_t rd = L && L->self ? master_offset() : off;
     int syncing = __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
     int64_t now = rk_now_ms();
     buf_printf(b,
@@ -92,22 +114,32 @@ static void info_replica(struct buf *b, struct worker *w)
                "master_last_io_seconds_ago:%d\r\nmaster_sync_in_progress:%d\r\n"
                "slave_read_repl_offset:%llu\r\nslave_repl_offset:%llu\r\n",
                repl.master_host, repl.master_port, L ? "up" : "down", L ? 0 : -1, syncing,
-               (unsigned long long)off, (unsigned long long)off);
+               (unsigned long long)rd, (unsigned long long)off);
     if (!L)
         buf_printf(b, "master_link_down_since_seconds:%lld\r\n",
                    (long long)((now - repl.link_down_since_ms) / 1000));
+    int n = 0;
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++)
+        n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) != 0;
     buf_printf(b,
-               "master_link_transport:shm\r\nslave_priority:100\r\nslave_read_only:1\r\n"
-               "replica_announced:1\r\nconnected_slaves:0\r\nmaster_failover_state:no-failover\r\n"
-               "master_replid:%s\r\nmaster_replid2:0000000000000000000000000000000000000000\r\n"
-               "master_repl_offset:%llu\r\nsecond_repl_offset:-1\r\nrepl_backlog_active:0\r\n"
-               "sync_full:%llu\r\n",
-               L ? L->log.hdr->replid : repl.replid, (unsigned long long)off,
-               (unsigned long long)repl.full_syncs);
-    uint64_t n, p50 = repl_lag_percentile(0.50, &n), p99 = repl_lag_percentile(0.99, &n);
+               "master_link_transport:%s\r\nslave_priority:100\r\nslave_read_only:1\r\n"
+               "replica_announced:1\r\nconnected_slaves:%d\r\nmaster_failover_state:%s\r\n"
+               "master_replid:%s\r\n",
+               L ? (L->self ? "tcp" : "shm") : "none", n, repl_failover_state(),
+               L && !L->self ? L->log.hdr->replid : repl.replid);
+    info_replid2(b);
+    buf_printf(b,
+               "master_repl_offset:%llu\r\nrepl_backlog_active:%d\r\n"
+               "sync_full:%llu\r\nsync_partial_ok:%llu\r\nsync_partial_err:%llu\r\n"
+               "replica_full_syncs:%llu\r\nreplica_partial_syncs:%llu\r\n",
+               (unsigned long long)rd, repl.log_is_copy ? 1 : 0,
+               (unsigned long long)repl.sync_full, (unsigned long long)repl.sync_partial_ok,
+               (unsigned long long)repl.sync_partial_err, (unsigned long long)repl.full_syncs,
+               (unsigned long long)repl.partial_syncs);
+    uint64_t ns, p50 = repl_lag_percentile(0.50, &ns), p99 = repl_lag_percentile(0.99, &ns);
     buf_printf(b,
                "apply_lag_samples:%llu\r\napply_lag_p50_us:%llu\r\napply_lag_p99_us:%llu\r\n",
-               (unsigned long long)n, (unsigned long long)p50, (unsigned long long)p99);
+               (unsigned long long)ns, (unsigned long long)p50, (unsigned long long)p99);
 }
 
 void repl_info(struct buf *b, struct worker *w)
@@ -191,20 +223,75 @@ void srv_shminfo(struct conn *c, struct req *req)
 {
     struct reply r;
     conn_reply_begin(c, &r, req->proto, req->crlf);
-    if (repl.unix_fd < 0) {
-        reply_error(&r, "ERR this server has no unixsocket: same-host replication is off");
-    } else if (repl_is_replica()) {
-        reply_error(&r, "ERR this server is a replica: attach to its master");
-    } else {
-        char id[64], n[24], pid[24];
-        repl_boot_id(id, sizeof(id));
-        rk_ll2str(n, srv.nshards);
-        rk_ll2str(pid, (long long)getpid());
-        reply_array(&r, 4);
-        reply_bulk_cstr(&r, repl.unix_path);
-        reply_bulk_cstr(&r, id);
-        reply_bulk_cstr(&r, n);
-        reply_bulk_cstr(&r, pid);
-    }
+    char id[64], n[24], pid[24], size[24];
+    repl_boot_id(id, sizeof(id));
+    rk_ll2str(n, srv.nshards);
+    rk_ll2str(pid, (long long)getpid());
+    rk_ll2str(size, repl.log.hdr ? (long long)repl.log.hdr->size : 0);
+    reply_array(&r, 5);
+    /* No Unix socket to offer (none, or this server is a replica): replicas use TCP. */
+    reply_bulk_cstr(&r, repl.unix_fd >= 0 && !repl_is_replica() ? repl.unix_path : "");
+    reply_bulk_cstr(&r, id);
+    reply_bulk_cstr(&r, n);
+    reply_bulk_cstr(&r, pid);
+    reply_bulk_cstr(&r, size);
     conn_reply_end(c, &r);
+}
+
+/* RINGKV.PSYNC <replid> <shards> <ring size> <port> <pos 0> ... <pos shards-1>: a TCP replica
+ * asks for the stream.  The socket leaves this worker: the main thread answers +CONTINUE or
+ * +FULLRESYNC on it (net/repl_master.c) and the replication thread streams (net/repl_tcp.c). */
+void srv_psync(struct conn *c, struct req *req)
+{
+    struct reply r;
+    long long nsh, size, port;
+    const char *err = NULL;
+    if (!repl.log.hdr)
+        err = "ERR replication is off on this server (too many threads for it)";
+    else if (rk_str2ll(req->argv[2].p, req->argv[2].len, &nsh) < 0 || nsh != (long long)srv.nshards)
+        err = "ERR shard count differs from the master's: restart the replica with --replicaof";
+    else if (rk_str2ll(req->argv[3].p, req->argv[3].len, &size) < 0 ||
+             (uint64_t)size != repl.log.hdr->size)
+        err = "ERR repl-ring-size differs from the master's: restart the replica with --replicaof";
+    else if (rk_str2ll(req->argv[4].p, req->argv[4].len, &port) < 0 || port < 0 || port > 65535)
+        err = "ERR invalid port";
+    else if (req->argc != 5 + (int)nsh || req->argv[1].len > 40)
+        err = "ERR syntax error";
+    struct repl_psync *ps = NULL;
+    if (!err) {
+        ps = rk_calloc(1, sizeof(*ps));
+        ps->pos = rk_calloc(srv.nshards, sizeof(uint64_t));
+        memcpy(ps->replid, req->argv[1].p, req->argv[1].len);
+        ps->port = (int)port;
+        for (uint32_t s = 0; s < srv.nshards && !err; s++) {
+            unsigned long long v;
+            if (rk_str2ull(req->argv[5 + s].p, req->argv[5 + s].len, &v) < 0)
+                err = "ERR invalid position";
+            ps->pos[s] = v;
+        }
+    }
+    if (!err) {
+        snprintf(ps->addr, sizeof(ps->addr), "%s", c->addr);
+        char *colon = strrchr(ps->addr, ':');
+        if (colon)
+            *colon = '\0';
+        ps->fd = conn_detach(c);
+        if (ps->fd < 0)
+            err = "ERR can't hand the connection over";
+    }
+    if (err) {
+        if (ps) {
+            rk_free(ps->pos);
+            rk_free(ps);
+        }
+        conn_reply_begin(c, &r, req->proto, req->crlf);
+        reply_error(&r, err);
+        conn_reply_end(c, &r);
+        return;
+    }
+    struct repl_psync *head = __atomic_load_n(&repl.psyncs, __ATOMIC_RELAXED);
+    do
+        ps->next = head;
+    while (!__atomic_compare_exchange_n(&repl.psyncs, &head, ps, true, __ATOMIC_RELEASE,
+                                        __ATOMIC_RELAXED));
 }

@@ -17,6 +17,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +142,11 @@ static int open_unix_socket(void)
     return 0;
 }
 
+void repl_new_replid(char out[41])
+{
+    random_hex(out, 40);
+}
+
 int repl_prepare(void)
 {
     random_hex(repl.replid, 40);
@@ -163,8 +170,10 @@ int repl_prepare(void)
 
 int repl_init(void)
 {
-    if (!cfg.unixsocket[0] || srv.nworkers > CTL_MAX_WORKERS)
+    if (srv.nworkers > CTL_MAX_WORKERS) {
+        rk_log(RK_LOG_WARNING, "replication is off: more than %d threads", CTL_MAX_WORKERS);
         return 0;
+    }
     int rc = ring_map_create(&repl.log, srv.nshards, (size_t)cfg.repl_ring_size, repl.replid);
     if (rc == 0)
         rc = ctl_create(&repl.ctl, srv.nshards, (uint32_t)srv.nworkers);
@@ -172,11 +181,14 @@ int repl_init(void)
         rk_log(RK_LOG_WARNING, "can't create the replication log: %s", strerror(-rc));
         return -1;
     }
+    if (repl_tcp_init() < 0)
+        return -1;
     return open_unix_socket();
 }
 
 void repl_shutdown(void)
 {
+    repl_tcp_shutdown();
     if (repl.unix_fd >= 0) {
         close(repl.unix_fd);
         unlink(repl.unix_path);
@@ -210,6 +222,52 @@ static void close_fds(int *fds, int n)
     for (int i = 0; i < n; i++)
         if (fds[i] >= 0)
             close(fds[i]);
+}
+
+/* Take a free replica slot and fill it in; with full, ask the workers for a walk (a full sync).
+ * Main thread.  Returns the slot, or -1. */
+static int slot_take(int pid, int nworkers, const int *efds, int port, const char *addr, bool tcp,
+                     bool full)
+{
+    int k = -1;
+    int64_t now = rk_now_ms();
+    for (int i = 0; i < CTL_MAX_REPLICAS && k < 0; i++) {
+        struct ctl_slot *sl = ctl_slot(&repl.ctl, i);
+        if (!__atomic_load_n(&repl.peers[i].active, __ATOMIC_ACQUIRE) &&
+            __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_FREE &&
+            now - (int64_t)sl->attach_ms > 1000)
+            k = i;
+    }
+    if (k < 0)
+        return -1;
+    struct repl_peer *p = &repl.peers[k];
+    close_fds(p->efds, p->nworkers); /* a previous occupant's: unused for over a second */
+    memcpy(p->efds, efds, sizeof(int) * (size_t)nworkers);
+    p->nworkers = nworkers;
+    p->pid = pid;
+    p->port = port;
+    p->tcp = tcp;
+    p->tcp_closed = 0;
+    p->tcp_kill = 0;
+    p->behind_since_ms = now;
+    snprintf(p->addr, sizeof(p->addr), "%s", addr);
+    struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
+    size_t arr = 5 * (size_t)srv.nshards * sizeof(uint64_t);
+    memset(ctl_sync_start(&repl.ctl, k), 0, arr);
+    memset(sl->sleeping, 0, sizeof(sl->sleeping));
+    sl->pid = pid;
+    sl->nworkers = (uint32_t)nworkers;
+    sl->heartbeat_ms = (uint64_t)now;
+    sl->attach_ms = (uint64_t)now;
+    uint32_t req = __atomic_load_n(&repl.walk_req, __ATOMIC_RELAXED) + (full ? 1 : 0);
+    sl->walk_req = req;
+    __atomic_store_n(&sl->state, full ? CTL_SYNCING : CTL_ONLINE, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->active, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
+    /* Release: the slot above is filled in before a worker sees the new request. */
+    if (full)
+        __atomic_store_n(&repl.walk_req, req, __ATOMIC_RELEASE);
+    return k;
 }
 
 static void handle_attach(int fd)
@@ -263,43 +321,12 @@ static void handle_attach(int fd)
         close_fds(efds, nefd);
         return;
     }
-    int k = -1;
-    int64_t now = rk_now_ms();
-    for (int i = 0; i < CTL_MAX_REPLICAS && k < 0; i++) {
-        struct ctl_slot *sl = ctl_slot(&repl.ctl, i);
-        if (!__atomic_load_n(&repl.peers[i].active, __ATOMIC_ACQUIRE) &&
-            __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_FREE &&
-            now - (int64_t)sl->attach_ms > 1000)
-            k = i;
-    }
+    int k = slot_take(pid, nworkers, efds, port, "127.0.0.1", false, true);
     if (k < 0) {
         send_reply(fd, "ERR no free replica slot\n", NULL, 0);
         close_fds(efds, nefd);
         return;
     }
-    struct repl_peer *p = &repl.peers[k];
-    close_fds(p->efds, p->nworkers); /* a previous occupant's: unused for over a second */
-    memcpy(p->efds, efds, sizeof(int) * (size_t)nefd);
-    p->nworkers = nworkers;
-    p->pid = pid;
-    p->port = port;
-    snprintf(p->addr, sizeof(p->addr), "127.0.0.1");
-    struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
-    size_t arr = 4 * (size_t)srv.nshards * sizeof(uint64_t);
-    memset(ctl_sync_start(&repl.ctl, k), 0, arr);
-    memset(sl->sleeping, 0, sizeof(sl->sleeping));
-    sl->pid = pid;
-    sl->nworkers = (uint32_t)nworkers;
-    sl->heartbeat_ms = (uint64_t)now;
-    sl->attach_ms = (uint64_t)now;
-    uint32_t req = __atomic_load_n(&repl.walk_req, __ATOMIC_RELAXED) + 1;
-    sl->walk_req = req;
-    __atomic_store_n(&sl->state, CTL_SYNCING, __ATOMIC_RELEASE);
-    __atomic_store_n(&p->active, 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
-    /* Release: the slot above is filled in before a worker sees the new request. */
-    __atomic_store_n(&repl.walk_req, req, __ATOMIC_RELEASE);
-
     int out[CTL_MAX_WORKERS + 2];
     out[0] = repl.log.fd;
     out[1] = repl.ctl.fd;
@@ -321,7 +348,8 @@ static void master_tick(void)
 {
     int64_t now = rk_now_ms();
     __atomic_store_n(&repl.ctl.hdr->master_heartbeat_ms, (uint64_t)now, __ATOMIC_RELAXED);
-    for (int i = 0; i < 8; i++) {
+    repl_psync_tick();
+    for (int i = 0; i < 8 && repl.unix_fd >= 0; i++) {
         int fd = accept4(repl.unix_fd, NULL, NULL, SOCK_CLOEXEC);
         if (fd < 0)
             break;
@@ -341,6 +369,16 @@ static void master_tick(void)
             off += __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
         if (off >= moff)
             __atomic_store_n(&p->behind_since_ms, now, __ATOMIC_RELAXED);
+        if (p->tcp) {
+            /* The replication thread watches its own replicas; once it closed the socket the
+             * slot is free again. */
+            if (__atomic_load_n(&p->tcp_closed, __ATOMIC_ACQUIRE)) {
+                __atomic_store_n(&p->active, 0, __ATOMIC_RELEASE);
+                sl->attach_ms = (uint64_t)now;
+                __atomic_store_n(&sl->state, CTL_FREE, __ATOMIC_RELEASE);
+            }
+            continue;
+        }
         int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
         if (!pid_alive(p->pid) || now - hb > HEARTBEAT_TIMEOUT_MS) {
             rk_log(RK_LOG_WARNING, "Replica pid %d (slot %d) is gone: %s; slot reclaimed", p->pid,
@@ -354,8 +392,9 @@ static void master_tick(void)
 
 void repl_main_tick(void)
 {
-    if (repl.ctl.hdr && repl.unix_fd >= 0)
+    if (repl.ctl.hdr)
         master_tick();
+    repl_failover_tick();
     repl_replica_tick();
 }
 
@@ -529,4 +568,94 @@ bool repl_master_busy(struct worker *w)
         if (!walk_throttled(s))
             return true;
     return false;
+}
+
+/* ---- TCP replicas: the PSYNC answer ------------------------------------------------------- */
+
+/* Can the replica continue from pos[] under replid?  Our own id: if the log still holds every
+ * position.  Our previous id (we were promoted): also only up to where that history ended. */
+static bool can_continue(const char *replid, const uint64_t *pos)
+{
+    bool mine = strcmp(replid, repl.replid) == 0;
+    bool prev = !mine && repl.second_off && strcmp(replid, repl.replid2) == 0;
+    if (!mine && !prev)
+        return false;
+    for (uint32_t s = 0; s < srv.nshards; s++) {
+        if (prev && pos[s] > repl.second_off[s])
+            return false;
+        if (!ring_has(&repl.log, s, pos[s]))
+            return false;
+    }
+    return true;
+}
+
+static void psync_answer(struct repl_psync *ps)
+{
+    struct timeval tv = {.tv_sec = 1};
+    setsockopt(ps->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    bool cont = can_continue(ps->replid, ps->pos);
+    const char *err = NULL;
+    if (!cont && repl_is_replica())
+        err = "-ERR this replica can only continue a stream it holds: a full sync must come "
+              "from the master\r\n";
+    int efd = err ? -1 : fcntl(repl_tcp_efd, F_DUPFD_CLOEXEC, 0);
+    int k = err ? -1 : slot_take(0, 1, &efd, ps->port, ps->addr, true, !cont);
+    if (!err && k < 0) {
+        close(efd);
+        err = "-ERR no free replica slot\r\n";
+    }
+    if (err) {
+        ssize_t n = send(ps->fd, err, strlen(err), MSG_NOSIGNAL);
+        (void)n;
+        close(ps->fd);
+        rk_log(RK_LOG_WARNING, "Replica %s:%d refused: %.*s", ps->addr, ps->port,
+               (int)strlen(err) - 2, err + 1);
+        return;
+    }
+    if (cont) {
+        for (uint32_t s = 0; s < srv.nshards; s++) {
+            __atomic_store_n(&ctl_received(&repl.ctl, k)[s], ps->pos[s], __ATOMIC_RELEASE);
+            __atomic_store_n(&ctl_applied(&repl.ctl, k)[s], ps->pos[s], __ATOMIC_RELEASE);
+        }
+        repl.sync_partial_ok++;
+    } else {
+        repl.sync_full++;
+        if (strcmp(ps->replid, "?") != 0)
+            repl.sync_partial_err++;
+    }
+    char line[96];
+    snprintf(line, sizeof(line), "+%s %s\r\n", cont ? "CONTINUE" : "FULLRESYNC", repl.replid);
+    if (send(ps->fd, line, strlen(line), MSG_NOSIGNAL) != (ssize_t)strlen(line)) {
+        close(ps->fd);
+        __atomic_store_n(&repl.peers[k].tcp_closed, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    tv.tv_sec = 0;
+    setsockopt(ps->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    int one = 1;
+    setsockopt(ps->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    rk_log(RK_LOG_NOTICE, "Replica %s:%d asks for synchronization over TCP (slot %d): %s",
+           ps->addr, ps->port, k,
+           cont ? "partial resync accepted" : "full resync (walking the shards)");
+    repl_tcp_add_replica(ps->fd, k, !cont, ps->pos);
+}
+
+void repl_psync_tick(void)
+{
+    struct repl_psync *ps = __atomic_exchange_n(&repl.psyncs, NULL, __ATOMIC_ACQUIRE);
+    /* The stack is newest first: answer in arrival order. */
+    struct repl_psync *rev = NULL;
+    while (ps) {
+        struct repl_psync *n = ps->next;
+        ps->next = rev;
+        rev = ps;
+        ps = n;
+    }
+    while (rev) {
+        struct repl_psync *n = rev->next;
+        psync_answer(rev);
+        rk_free(rev->pos);
+        rk_free(rev);
+        rev = n;
+    }
 }

@@ -19,6 +19,8 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -112,6 +114,7 @@ struct shminfo {
     char boot_id[64];
     long nshards;
     long pid;
+    long long ring_size;
 };
 
 static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
@@ -131,14 +134,14 @@ static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
         }
     }
     const char *c[] = {"RINGKV.SHMINFO"};
-    char v[4][256];
+    char v[5][256];
     int ok = send_cmd(fd, 1, c) == 0 && read_line(fd, line, sizeof(line)) == 0;
     if (ok && line[0] != '*') {
         snprintf(why, wcap, "the master answered RINGKV.SHMINFO with: %.150s", line);
         close(fd);
         return -1;
     }
-    for (int i = 0; ok && i < 4; i++)
+    for (int i = 0; ok && i < 5; i++)
         ok = read_line(fd, line, sizeof(line)) == 0 && read_bulk(fd, line, v[i], sizeof(v[i])) == 0;
     close(fd);
     if (!ok) {
@@ -149,6 +152,7 @@ static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
     snprintf(si->boot_id, sizeof(si->boot_id), "%.63s", v[1]);
     si->nshards = strtol(v[2], NULL, 10);
     si->pid = strtol(v[3], NULL, 10);
+    si->ring_size = strtoll(v[4], NULL, 10);
     return 0;
 }
 
@@ -175,26 +179,34 @@ int repl_replica_prepare(void)
         rk_log(RK_LOG_NOTICE, "adopting the master's shard count: %ld", si.nshards);
         cfg.shards = (int)si.nshards;
     }
+    /* A TCP replica's log is a byte-for-byte copy of the master's: same ring size. */
+    if (si.ring_size >= 64 * 1024 && (si.ring_size & (si.ring_size - 1)) == 0 &&
+        si.ring_size != cfg.repl_ring_size) {
+        rk_log(RK_LOG_NOTICE, "adopting the master's repl-ring-size: %lld", si.ring_size);
+        cfg.repl_ring_size = si.ring_size;
+    }
     return 0;
 }
 
 /* ---- attach ------------------------------------------------------------------------------- */
 
+static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t wcap);
+
 static struct repl_link *attach(char *why, size_t wcap)
 {
-    if (cfg.repl_transport == REPL_TCP) {
-        snprintf(why, wcap, "repl-transport tcp: replication over TCP is not built yet");
-        return NULL;
-    }
     struct shminfo si;
     if (fetch_shminfo(&si, why, wcap) < 0)
         return NULL;
     char mine[64];
     repl_boot_id(mine, sizeof(mine));
-    if (strcmp(mine, si.boot_id) != 0 || !si.path[0]) {
+    bool here = strcmp(mine, si.boot_id) == 0 && si.path[0];
+    if (cfg.repl_transport == REPL_TCP || repl.follow_tcp ||
+        (!here && cfg.repl_transport == REPL_AUTO))
+        return attach_tcp(&si, why, wcap);
+    if (!here) {
         snprintf(why, wcap,
-                 "the master is not on this host (or has no unixsocket): replication "
-                 "over TCP is not built yet");
+                 "repl-transport shm, but the master is not on this host (or offers no "
+                 "unixsocket)");
         return NULL;
     }
     if (si.nshards != (long)srv.nshards) {
@@ -297,6 +309,132 @@ static struct repl_link *attach(char *why, size_t wcap)
     return L;
 }
 
+/* What this server's log holds, for a PSYNC: the id whose history it is, or "?" for none. */
+static const char *held_replid(void)
+{
+    return repl.log_is_copy || repl_logging() ? repl.replid : "?";
+}
+
+static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t wcap)
+{
+    if (!repl.log.hdr) {
+        snprintf(why, wcap, "replication is off on this server (too many threads)");
+        return NULL;
+    }
+    if (si->nshards != (long)srv.nshards || si->ring_size != (long long)repl.log.hdr->size) {
+        snprintf(why, wcap,
+                 "the master has %ld shards and a %lld-byte repl-ring-size, this server %u and "
+                 "%llu: restart this replica with --replicaof to adopt them",
+                 si->nshards, si->ring_size, srv.nshards,
+                 (unsigned long long)repl.log.hdr->size);
+        return NULL;
+    }
+    int fd = tcp_connect(repl.master_host, repl.master_port);
+    if (fd < 0) {
+        snprintf(why, wcap, "can't connect to %.200s:%d", repl.master_host, repl.master_port);
+        return NULL;
+    }
+    char line[512];
+    if (cfg.masterauth[0]) {
+        const char *a[] = {"AUTH", cfg.masterauth};
+        if (send_cmd(fd, 2, a) < 0 || read_line(fd, line, sizeof(line)) < 0 || line[0] != '+') {
+            snprintf(why, wcap, "AUTH to the master failed");
+            close(fd);
+            return NULL;
+        }
+    }
+    /* RINGKV.PSYNC replid shards ring-size port pos... */
+    uint32_t n = srv.nshards;
+    size_t cap = 128 + (size_t)n * 32;
+    char *cmd = rk_malloc(cap);
+    char num[32];
+    size_t len = (size_t)snprintf(cmd, cap, "*%u\r\n$12\r\nRINGKV.PSYNC\r\n", 5 + n);
+#define ARG(str)                                                                                   \
+    len += (size_t)snprintf(cmd + len, cap - len, "$%zu\r\n%s\r\n", strlen(str), str)
+    ARG(held_replid());
+    snprintf(num, sizeof(num), "%u", n);
+    ARG(num);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)repl.log.hdr->size);
+    ARG(num);
+    snprintf(num, sizeof(num), "%d", cfg.port);
+    ARG(num);
+    for (uint32_t s = 0; s < n; s++) {
+        snprintf(num, sizeof(num), "%llu", (unsigned long long)ring_tail(&repl.log, s));
+        ARG(num);
+    }
+#undef ARG
+    bool sent = send(fd, cmd, len, MSG_NOSIGNAL) == (ssize_t)len;
+    rk_free(cmd);
+    char id[64] = "";
+    bool full = false;
+    if (!sent || read_line(fd, line, sizeof(line)) < 0) {
+        snprintf(why, wcap, "no answer to RINGKV.PSYNC");
+        close(fd);
+        return NULL;
+    }
+    if (sscanf(line, "+FULLRESYNC %40s", id) == 1)
+        full = true;
+    else if (sscanf(line, "+CONTINUE %40s", id) != 1) {
+        snprintf(why, wcap, "the master answered RINGKV.PSYNC with: %.150s", line);
+        close(fd);
+        return NULL;
+    }
+    /* The stream goes to the replication thread, whose io_uring wants no socket timeouts. */
+    struct timeval tv = {0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+    /* Our workers report in the self slot what they applied of our own log. */
+    struct ctl_slot *sl = ctl_slot(&repl.ctl, CTL_SELF);
+    memset(ctl_sync_start(&repl.ctl, CTL_SELF), 0, 5 * (size_t)n * sizeof(uint64_t));
+    memset(sl->sleeping, 0, sizeof(sl->sleeping));
+    if (!full) {
+        for (uint32_t s = 0; s < n; s++) {
+            uint64_t t = ring_tail(&repl.log, s);
+            ctl_sync_start(&repl.ctl, CTL_SELF)[s] = t;
+            ctl_applied(&repl.ctl, CTL_SELF)[s] = t;
+            ctl_walk_end(&repl.ctl, CTL_SELF)[s] = t + 1;
+            __atomic_store_n(&ctl_start_set(&repl.ctl, CTL_SELF)[s], 1, __ATOMIC_RELEASE);
+        }
+        repl.partial_syncs++;
+    } else {
+        repl.full_syncs++;
+    }
+    snprintf(repl.replid, sizeof(repl.replid), "%s", id);
+    repl.log_is_copy = true;
+    struct repl_link *L = rk_calloc(1, sizeof(*L));
+    L->log = repl.log;
+    L->ctl = repl.ctl;
+    L->slot = CTL_SELF;
+    L->self = true;
+    L->partial = !full;
+    L->master_pid = (int32_t)si->pid;
+    L->tcp_fd = fd;
+    return L;
+}
+
+/* Bounded wait until every worker has moved to link epoch e (a worker never blocks, so this
+ * takes one loop pass of each). */
+static void wait_workers(uint64_t e)
+{
+    for (int i = 0; i < 4000; i++) {
+        bool all = true;
+        for (int k = 0; k < srv.nworkers && all; k++)
+            all = __atomic_load_n(&srv.workers[k]->link_epoch_seen, __ATOMIC_ACQUIRE) >= e;
+        if (all)
+            return;
+        uint64_t one = 1;
+        for (int k = 0; k < srv.nworkers; k++) {
+            ssize_t r = write(srv.workers[k]->event_fd, &one, sizeof(one));
+            (void)r;
+        }
+        usleep(250);
+    }
+    rk_log(RK_LOG_WARNING, "workers did not move to the new replication link within 1 s");
+}
+
 static void publish_link(struct repl_link *L)
 {
     struct repl_link *old = repl.link;
@@ -326,8 +464,10 @@ static void free_retired(void)
         struct repl_link *L = *pp;
         if (L->epoch <= min_seen) {
             *pp = L->next_retired;
-            ring_map_close(&L->log);
-            ctl_close(&L->ctl);
+            if (!L->self) {
+                ring_map_close(&L->log);
+                ctl_close(&L->ctl);
+            }
             for (int i = 0; i < L->master_workers; i++)
                 close(L->master_efds[i]);
             rk_free(L);
@@ -341,13 +481,30 @@ static void link_down(const char *why)
 {
     if (repl.link) {
         rk_log(RK_LOG_WARNING, "Connection with master lost: %s", why);
-        /* A zero heartbeat lets the master reclaim our slot on its next tick instead of
-         * holding back its walks for a replica that no longer reads. */
-        __atomic_store_n(&ctl_slot(&repl.link->ctl, repl.link->slot)->heartbeat_ms, 0,
-                         __ATOMIC_RELAXED);
+        bool self = repl.link->self;
+        if (self) {
+            repl_tcp_stop_rx(); /* nothing more is written into our log */
+        } else {
+            /* A zero heartbeat lets the master reclaim our slot on its next tick instead of
+             * holding back its walks for a replica that no longer reads. */
+            __atomic_store_n(&ctl_slot(&repl.link->ctl, repl.link->slot)->heartbeat_ms, 0,
+                             __ATOMIC_RELAXED);
+        }
         publish_link(NULL);
+        /* Workers apply what is left of our log before they let go of it. */
+        if (self)
+            wait_workers(repl.link_epoch);
         repl.link_down_since_ms = rk_now_ms();
+        /* Reconnect soon after a link that lived; back off after one that did not. */
+        if (rk_now_ms() - repl.link_up_ms > 5000)
+            repl.backoff_ms = 0;
+        repl.backoff_ms = repl.backoff_ms ? repl.backoff_ms * 2 : 100;
+        if (repl.backoff_ms > 2000)
+            repl.backoff_ms = 2000;
+        repl.next_try_ms = rk_now_ms() + repl.backoff_ms;
     }
+    repl.tcp_link = false;
+    __atomic_store_n(&repl.rx_lost, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&repl.sync_in_progress, 0, __ATOMIC_RELAXED);
 }
 
@@ -369,26 +526,57 @@ static void check_sync_done(struct repl_link *L)
     rk_log(RK_LOG_NOTICE, "MASTER <-> REPLICA sync: Finished with success");
 }
 
+void repl_promote(const char *why)
+{
+    link_down("REPLICAOF NO ONE");
+    if (repl.log_is_copy && repl.log.hdr) {
+        /* Our log is the old master's, byte for byte, up to its tails: its replicas may
+         * continue from us (PSYNC with the old id, up to these positions). */
+        if (!repl.second_off)
+            repl.second_off = rk_calloc(srv.nshards, sizeof(uint64_t));
+        for (uint32_t s = 0; s < srv.nshards; s++)
+            repl.second_off[s] = ring_tail(&repl.log, s);
+        snprintf(repl.replid2, sizeof(repl.replid2), "%s", repl.replid);
+    }
+    char id[41];
+    repl_new_replid(id);
+    snprintf(repl.replid, sizeof(repl.replid), "%s", id);
+    if (repl.log.hdr)
+        __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&repl.is_replica, false, __ATOMIC_RELEASE);
+    rk_log_role = 'M';
+    rk_log(RK_LOG_NOTICE, "MASTER MODE enabled (%s); new replication id %s, previous %s", why,
+           repl.replid, repl.replid2[0] ? repl.replid2 : "none");
+}
+
+void repl_follow(const char *host, int port, bool tcp)
+{
+    repl.follow_tcp = tcp;
+    link_down("REPLICAOF to a new master");
+    if (!repl_is_replica()) {
+        /* Workers stop writing the log before anyone else may write it. */
+        __atomic_store_n(&repl.is_replica, true, __ATOMIC_RELEASE);
+        publish_link(NULL);
+        wait_workers(repl.link_epoch);
+    }
+    snprintf(repl.master_host, sizeof(repl.master_host), "%s", host);
+    repl.master_port = port;
+    repl.next_try_ms = 0;
+    repl.backoff_ms = 0;
+    rk_log_role = 'S';
+    rk_log(RK_LOG_NOTICE, "REPLICAOF %s:%d enabled", host, port);
+}
+
 static void handle_request(void)
 {
     struct repl_req *r = __atomic_exchange_n(&repl.pending, NULL, __ATOMIC_ACQUIRE);
     if (!r)
         return;
     if (r->no_one) {
-        if (repl_is_replica()) {
-            link_down("REPLICAOF NO ONE");
-            __atomic_store_n(&repl.is_replica, false, __ATOMIC_RELEASE);
-            rk_log_role = 'M';
-            rk_log(RK_LOG_NOTICE, "MASTER MODE enabled (user request)");
-        }
+        if (repl_is_replica())
+            repl_promote("user request");
     } else {
-        link_down("REPLICAOF to a new master");
-        snprintf(repl.master_host, sizeof(repl.master_host), "%s", r->host);
-        repl.master_port = r->port;
-        repl.next_try_ms = 0;
-        __atomic_store_n(&repl.is_replica, true, __ATOMIC_RELEASE);
-        rk_log_role = 'S';
-        rk_log(RK_LOG_NOTICE, "REPLICAOF %s:%d enabled (user request)", r->host, r->port);
+        repl_follow(r->host, r->port, false);
     }
     rk_free(r);
 }
@@ -401,6 +589,15 @@ void repl_replica_tick(void)
         return;
     int64_t now = rk_now_ms();
     struct repl_link *L = repl.link;
+    if (L && L->self) {
+        if (__atomic_load_n(&repl.rx_lost, __ATOMIC_ACQUIRE))
+            link_down("the TCP link to the master broke");
+        else if (__atomic_exchange_n(&repl.relink, 0, __ATOMIC_ACQ_REL))
+            link_down("our copy of the log did not read back: full resync");
+        else if (__atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED))
+            check_sync_done(L);
+        return;
+    }
     if (L) {
         struct ctl_slot *sl = ctl_slot(&L->ctl, L->slot);
         __atomic_store_n(&sl->heartbeat_ms, (uint64_t)now, __ATOMIC_RELAXED);
@@ -434,7 +631,19 @@ void repl_replica_tick(void)
                    repl.master_port, why);
         return;
     }
-    repl.backoff_ms = 0;
+    repl.link_up_ms = now;
+    if (L->self) {
+        repl.tcp_link = true;
+        __atomic_store_n(&repl.rx_lost, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&repl.sync_in_progress, L->partial ? 0 : 1, __ATOMIC_RELAXED);
+        publish_link(L);
+        repl_tcp_start_rx(L->tcp_fd, !L->partial);
+        rk_log(RK_LOG_NOTICE, "MASTER <-> REPLICA sync started over TCP with %s:%d: %s",
+               repl.master_host, repl.master_port,
+               L->partial ? "partial resync accepted" : "full resync");
+        return;
+    }
+    repl.log_is_copy = false;
     repl.full_syncs++;
     __atomic_store_n(&repl.sync_in_progress, 1, __ATOMIC_RELAXED);
     publish_link(L);
@@ -455,6 +664,7 @@ void repl_replica_shutdown(void)
 
 static void apply(struct worker *w, uint32_t s, const struct ring_rec *r)
 {
+    (void)w;
     struct shard *sh = srv.shards[s];
     switch (r->type) {
     case RING_SET:
@@ -470,6 +680,27 @@ static void apply(struct worker *w, uint32_t s, const struct ring_rec *r)
     }
 }
 
+static void apply(struct worker *w, uint32_t s, const struct ring_rec *r);
+
+/* Leaving a TCP link: apply what our own log still holds of our shards (it was all received
+ * and checked), so that the data is whole before anything else happens to it. */
+static void drain_self(struct worker *w, struct repl_link *L)
+{
+    for (uint32_t s = (uint32_t)w->id, i = 0; s < srv.nshards; s += (uint32_t)srv.nworkers, i++) {
+        if (!w->rstarted[i])
+            continue;
+        uint64_t pos = w->rpos[i];
+        struct ring_rec rec;
+        int rc;
+        while ((rc = ring_read(&L->log, s, pos, &w->rbuf, &w->rcap, &rec)) == RING_OK) {
+            apply(w, s, &rec);
+            pos = rec.next;
+        }
+        w->rpos[i] = pos;
+        __atomic_store_n(&ctl_applied(&L->ctl, L->slot)[s], pos, __ATOMIC_RELEASE);
+    }
+}
+
 static void switch_link(struct worker *w, struct repl_link *L, uint64_t epoch)
 {
     size_t own = (srv.nshards + (uint32_t)srv.nworkers - 1) / (uint32_t)srv.nworkers;
@@ -477,7 +708,9 @@ static void switch_link(struct worker *w, struct repl_link *L, uint64_t epoch)
         w->rpos = rk_calloc(own, sizeof(uint64_t));
         w->rstarted = rk_calloc(own, 1);
     }
-    if (L) {
+    if (w->link && w->link->self)
+        drain_self(w, w->link);
+    if (L && !L->partial) {
         /* A new attachment is a full sync: start from nothing. */
         for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers)
             shard_flush(srv.shards[s]);
@@ -561,10 +794,19 @@ void repl_replica_pass(struct worker *w)
                 lag_sample(w, rk_mono_ns() - goal_ns);
             w->rpos[i] = pos;
             __atomic_store_n(&ctl_applied(&L->ctl, k)[s], pos, __ATOMIC_RELEASE);
-            ring_master |= 1ull << (s % (uint32_t)L->master_workers);
+            ring_master |= L->self ? 1 : 1ull << (s % (uint32_t)L->master_workers);
         }
     }
-    if (ring_master) {
+    if (ring_master && L->self) {
+        /* The replication thread acknowledges what we applied: wake it if it sleeps. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&repl_rx_waiting, __ATOMIC_RELAXED)) {
+            __atomic_store_n(&repl_rx_waiting, 0, __ATOMIC_RELAXED);
+            uint64_t one = 1;
+            ssize_t n = write(repl_tcp_efd, &one, sizeof(one));
+            (void)n;
+        }
+    } else if (ring_master) {
         /* Our applied positions are stored before we look at the master's flags. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         for (int m = 0; m < L->master_workers; m++) {

@@ -3,7 +3,8 @@
  *
  * In sync-mode semi or sync, a write's reply leaves only once sync-replicas replicas have
  * received (semi) or applied (sync) the log records it made.  Same-host replicas apply what
- * they read straight from the log, so for them received and applied are the same position.
+ * they read straight from the log, so for them received and applied are the same position;
+ * TCP replicas acknowledge both (net/repl_tcp.c).
  *
  * HOLDING.  Every keyspace command in these modes runs through sync_exec() on the shard's
  * owner.  A command that changed the shard has its reply kept in the shard's queue with the
@@ -71,16 +72,19 @@ static struct shard_sync *ss_of(struct worker *w, uint32_t s)
     return &((struct shard_sync *)w->ssync)[s / (uint32_t)srv.nworkers];
 }
 
-/* How many replicas have applied shard s up to pos. */
+/* How many replicas have shard s up to pos: received it (semi), or applied it (sync and WAIT).
+ * Same-host replicas apply what they read and report only applied; TCP replicas report both. */
 static long long acked(uint32_t s, uint64_t pos)
 {
     if (!repl.ctl.hdr || pos == UINT64_MAX)
         return 0;
+    bool semi = cfg_sync_mode() == SYNC_SEMI;
     long long n = 0;
     for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
         if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
             continue;
-        if (__atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE) >= pos)
+        if (__atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE) >= pos ||
+            (semi && __atomic_load_n(&ctl_received(&repl.ctl, k)[s], __ATOMIC_ACQUIRE) >= pos))
             n++;
     }
     return n;

@@ -169,6 +169,7 @@ struct worker {
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;
+    uint64_t passes; /* loop passes (relaxed): FAILOVER waits for every worker to make some */
     uint64_t *rpos;    /* replica: per own shard, next log position to apply */
     uint8_t *rstarted; /* replica: per own shard, rpos is valid */
     char *rbuf;        /* replica: record copy buffer */
@@ -215,6 +216,10 @@ int server_probe_bind(const char *addr, int port);
 /* Post a record to worker `to` (through out[to], or the overflow list when full); rings its
  * doorbell at the end of the pass.  Returns the payload to fill in, valid until the pass ends. */
 void *worker_post(struct worker *w, int to, size_t len, uint32_t type);
+
+/* worker.c: take the connection's socket away from its worker (a TCP replica's stream goes to
+ * the replication thread).  Returns a new descriptor for it, or -1; the connection ends. */
+int conn_detach(struct conn *c);
 
 /* conn.c: replies in request order */
 /* A reply writer for a reply made right now on this worker.  Call conn_reply_end after. */

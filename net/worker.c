@@ -31,6 +31,7 @@
 #include "net/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -252,6 +253,21 @@ static void on_recv(struct worker *w, struct conn *c, struct io_uring_cqe *cqe)
     if (!c->recv_armed && !c->closing)
         arm_recv(c);
     conn_release(c);
+}
+
+int conn_detach(struct conn *c)
+{
+    int fd = fcntl(c->fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    c->closing = true;
+    STAT_ADD(c->w, connected_clients, (uint64_t)-1);
+    /* Not conn_close: a shutdown would end the socket for the new owner too.  Cancelling the
+     * recv lets the connection go (and close its own descriptor) as usual. */
+    struct io_uring_sqe *sqe = get_sqe(c->w);
+    io_uring_prep_cancel64(sqe, UD(c, UD_RECV), 0);
+    io_uring_sqe_set_data64(sqe, UD(NULL, UD_IGNORE));
+    return fd;
 }
 
 static void start_send(struct worker *w, struct conn *c)
@@ -665,6 +681,7 @@ static void *worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
+        __atomic_store_n(&w->passes, w->passes + 1, __ATOMIC_RELAXED);
         drain_xrings(w);
         if (repl_is_replica())
             repl_replica_pass(w);

@@ -1,6 +1,6 @@
 /*
  * ctl: create and map the control region (see ctl.h).  Layout: struct ctl_hdr on the first
- * page, then CTL_MAX_REPLICAS slots, each a struct ctl_slot followed by its four per-shard
+ * page, then CTL_MAX_REPLICAS slots (and the self slot), each a struct ctl_slot followed by its five per-shard
  * arrays, rounded up to a cache line.
  */
 #include "shm/ctl.h"
@@ -15,13 +15,13 @@
 
 static size_t slot_size(uint32_t nshards)
 {
-    size_t n = sizeof(struct ctl_slot) + 4 * (size_t)nshards * sizeof(uint64_t);
+    size_t n = sizeof(struct ctl_slot) + 5 * (size_t)nshards * sizeof(uint64_t);
     return (n + 63) & ~(size_t)63;
 }
 
 static size_t map_size(uint32_t nshards)
 {
-    return 4096 + CTL_MAX_REPLICAS * slot_size(nshards);
+    return 4096 + (CTL_MAX_REPLICAS + 1) * slot_size(nshards);
 }
 
 int ctl_create(struct ctl_map *c, uint32_t nshards, uint32_t master_workers)

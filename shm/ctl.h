@@ -23,6 +23,9 @@
 #define CTL_MAGIC 0x524b5643544c3031ull /* "RKVCTL01" */
 #define CTL_MAX_REPLICAS 16
 #define CTL_MAX_WORKERS 64
+/* One more slot after the replicas' own: a TCP replica's workers report in it what they applied
+ * of the copy of the master's log that its receiver writes (net/repl_tcp.c). */
+#define CTL_SELF CTL_MAX_REPLICAS
 
 enum ctl_slot_state {
     CTL_FREE = 0,    /* M: nobody */
@@ -55,7 +58,10 @@ struct ctl_slot {
      *   sync_start[s]  M: where this replica starts reading shard s (valid once start_set)
      *   start_set[s]   M: 1 once sync_start[s] is written
      *   walk_end[s]    M: position where shard s's walk for this replica ended (0 = not yet)
-     *   applied[s]     R: position this replica has applied shard s up to */
+     *   applied[s]     R: position this replica has applied shard s up to
+     *   received[s]    M: for a TCP replica, the position it has received shard s up to
+     *                  (written by the master's sender from the replica's acks; 0 for
+     *                  same-host replicas, which apply what they read) */
 };
 
 struct ctl_map {
@@ -88,6 +94,11 @@ static inline uint64_t *ctl_walk_end(const struct ctl_map *c, int k)
 static inline uint64_t *ctl_applied(const struct ctl_map *c, int k)
 {
     return ctl_sync_start(c, k) + 3 * (size_t)c->hdr->nshards;
+}
+
+static inline uint64_t *ctl_received(const struct ctl_map *c, int k)
+{
+    return ctl_sync_start(c, k) + 4 * (size_t)c->hdr->nshards;
 }
 
 #endif

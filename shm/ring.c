@@ -282,3 +282,96 @@ int ring_read(const struct ring_map *m, uint32_t s, uint64_t pos, char **buf, si
         }
     }
 }
+
+/* ---- a copy of another server's log (TCP replicas) ---------------------------------------- */
+
+void ring_reset(struct ring_map *m, uint32_t s, uint64_t pos)
+{
+    struct ring_shard *sh = &m->shards[s];
+    /* Readers at an old position now see a tail behind them or far ahead: they resync. */
+    __atomic_store_n(&sh->reserve, pos, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&sh->tail, pos, __ATOMIC_RELEASE);
+}
+
+int ring_write_raw(struct ring_map *m, uint32_t s, uint64_t pos, const void *p, size_t n)
+{
+    uint64_t size = m->hdr->size;
+    size_t off = (size_t)(pos & (size - 1));
+    if (n > size - off)
+        return -1; /* frames never wrap, so neither does a run of them */
+    struct ring_shard *sh = &m->shards[s];
+    if (pos + n > sh->reserve) {
+        __atomic_store_n(&sh->reserve, pos + n, __ATOMIC_RELAXED);
+        __atomic_thread_fence(__ATOMIC_RELEASE);
+    }
+    memcpy(ring_data(m, s) + off, p, n);
+    return 0;
+}
+
+/* The payload checks of ring_read, on bytes that are not published yet. */
+static bool payload_ok(const struct ring_frame *f, const char *payload)
+{
+    switch (f->type) {
+    case RING_SET: {
+        struct ring_set h;
+        if (f->len < sizeof(h))
+            return false;
+        memcpy(&h, payload, sizeof(h));
+        return (uint64_t)h.klen + h.vlen == f->len - sizeof(h);
+    }
+    case RING_DEL:
+        return true;
+    case RING_FLUSH:
+        return f->len == 0;
+    default:
+        return false;
+    }
+}
+
+bool ring_check_frames(const struct ring_map *m, uint32_t s, uint64_t from, uint64_t to)
+{
+    uint64_t size = m->hdr->size;
+    const char *data = ring_data(m, s);
+    if (to < from || to - from > size || (from & (RING_ALIGN - 1)) || (to & (RING_ALIGN - 1)))
+        return false;
+    uint64_t pos = from;
+    while (pos < to) {
+        size_t off = (size_t)(pos & (size - 1));
+        size_t room = (size_t)size - off;
+        struct ring_frame f;
+        memcpy(&f, data + off, sizeof(f));
+        if (f.pos != pos || f.len > room - sizeof(f))
+            return false;
+        if (f.type == RING_PAD) {
+            if (f.len != room - sizeof(f))
+                return false;
+            pos += room;
+            continue;
+        }
+        if (f.len > ring_max_payload(m) || !payload_ok(&f, data + off + sizeof(f)))
+            return false;
+        pos += align8(sizeof(f) + f.len);
+    }
+    return pos == to;
+}
+
+void ring_publish(struct ring_map *m, uint32_t s, uint64_t tail)
+{
+    __atomic_store_n(&m->shards[s].tail_ns, ring_clock_ns, __ATOMIC_RELAXED);
+    __atomic_store_n(&m->shards[s].tail, tail, __ATOMIC_RELEASE);
+}
+
+bool ring_has(const struct ring_map *m, uint32_t s, uint64_t pos)
+{
+    uint64_t size = m->hdr->size, tail = ring_tail(m, s);
+    if (pos > tail || (pos & (RING_ALIGN - 1)))
+        return false;
+    if (pos == tail)
+        return true;
+    if (tail - pos > size - ring_max_payload(m))
+        return false; /* about to be overwritten: not worth starting from */
+    struct ring_frame f;
+    memcpy(&f, ring_data(m, s) + (pos & (size - 1)), sizeof(f));
+    return f.pos == pos && !lapped(m, s, pos);
+}

@@ -158,4 +158,23 @@ enum {
 int ring_read(const struct ring_map *m, uint32_t s, uint64_t pos, char **buf, size_t *cap,
               struct ring_rec *rec);
 
+/*
+ * A COPY of another server's log, written by a TCP replica's receiver (the only writer of its
+ * rings), byte for byte at the same positions, so that positions mean the same on both and a
+ * replica can in turn serve the same bytes.  Bytes are written with ring_write_raw (which
+ * announces them in `reserve` first), checked with ring_check_frames, and only then published
+ * with ring_publish.
+ */
+/* Empty shard s's ring and start it at pos. */
+void ring_reset(struct ring_map *m, uint32_t s, uint64_t pos);
+/* Write n raw log bytes at position pos (not published).  -1 if they would wrap. */
+int ring_write_raw(struct ring_map *m, uint32_t s, uint64_t pos, const void *p, size_t n);
+/* Are the bytes [from, to) of shard s whole, valid frames?  (Never trusts a length.) */
+bool ring_check_frames(const struct ring_map *m, uint32_t s, uint64_t from, uint64_t to);
+/* Publish tail (release), stamped with this thread's ring clock. */
+void ring_publish(struct ring_map *m, uint32_t s, uint64_t tail);
+/* Does shard s's ring still hold a frame boundary at pos, far enough from being overwritten
+ * to start reading there?  (pos == tail counts.) */
+bool ring_has(const struct ring_map *m, uint32_t s, uint64_t pos);
+
 #endif
