@@ -80,6 +80,8 @@ STOP_TIMEOUT = 3.0       # SIGTERM, then SIGKILL after this
 LAG_TIMEOUT_NS = 1_000_000_000   # a probe polls the replica for at most this long
 CATCHUP_TIMEOUT = 60.0   # after preload, the replica must hold every key within this
 BARRIER_TIMEOUT = 10.0   # after a write row, the replica must see a marker key within this
+CATCHUP_WAIT = 10.0      # after a write run, the replica's offset is watched this long at most
+KEEPUP_MS = 1000.0       # a replica "keeps up" when it reaches the master's offset within this
 
 # Configurations, in table order: key, replica transport (None: no replica), modes.
 CONFIGS = [
@@ -520,6 +522,57 @@ def preload_chunks():
     return _PRELOAD
 
 
+# ---- catch-up after a write run ------------------------------------------------------------
+
+
+class OffsetWatch:
+    """Beside one write run: the master's master_repl_offset before the load, and after it
+    stops, how long the replica's slave_repl_offset (applied) takes to reach the master's
+    master_repl_offset read right after the load ended."""
+
+    def __init__(self, master_port, replica_port):
+        self.m = Conn(master_port)
+        try:
+            self.r = Conn(replica_port)
+        except OSError:
+            self.m.close()
+            raise
+        self.off0 = self._offset(self.m, "master_repl_offset")
+
+    @staticmethod
+    def _offset(conn, field):
+        v = info_fields(conn, "replication").get(field)
+        if v is None:
+            raise ValueError("INFO replication has no %s" % field)
+        return int(v)
+
+    def close(self):
+        self.m.close()
+        self.r.close()
+
+    def catch_up(self, t_stop, seconds):
+        """t_stop: when the load process ended; seconds: the load's duration."""
+        target = self._offset(self.m, "master_repl_offset")
+        out = {"repl_bytes": target - self.off0}
+        first = None
+        while True:
+            got = self._offset(self.r, "slave_repl_offset")
+            now = time.monotonic()
+            if first is None:
+                first = max(0, target - got)
+                out["behind_bytes"] = first
+                rate = out["repl_bytes"] / seconds if seconds else 0
+                out["behind_ms"] = round(1000.0 * first / rate, 3) if rate > 0 else None
+            if got >= target:
+                out["catchup_ms"] = round(1000.0 * (now - t_stop), 3)
+                return out
+            if now - t_stop > CATCHUP_WAIT:
+                out["catchup_ms"] = None
+                out["behind_bytes_at_give_up"] = target - got
+                return out
+            time.sleep(0.001)
+
+
 # ---- the lag probe --------------------------------------------------------------------------
 
 
@@ -636,7 +689,8 @@ class Suite:
         self.configs = [Config(k, f, t, list(m), self) for k, f, t, m in CONFIGS]
         self.rows = {}   # (config, mode, workload, pipeline) -> row dict
         self.notes = []
-        self.stamp = time.strftime("%Y-%m-%d-%H%M") + ("-quick" if self.quick else "")
+        self.stamp = os.environ.get("BENCH_STAMP") or \
+            (time.strftime("%Y-%m-%d-%H%M") + ("-quick" if self.quick else ""))
 
     # -- machine --
 
@@ -712,6 +766,12 @@ class Suite:
             tag = b"%s-%s-%s-%d-%d" % (cfg.key.encode(), mode.encode(), wl.encode(), p, rep)
             probe = LagProbe(cfg.master.port, cfg.replica.port, n, 0.1 * self.duration,
                              0.8 * self.duration, wait, tag)
+        watch = None
+        if cfg.replica is not None and wl != "get":
+            try:
+                watch = OffsetWatch(cfg.master.port, cfg.replica.port)
+            except (OSError, RespError, ValueError, ConnectionError) as e:
+                row.setdefault("catchup_errors", []).append("before the run: %s" % e)
         st0 = cfg.sync_timeouts()
         cpu0 = {s.name: s.cpu_s() for s in cfg.servers()}
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -724,8 +784,18 @@ class Suite:
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
+        t_stop = time.monotonic()
         if probe:
             probe.stop_flag.set()
+        catch = None
+        if watch is not None:
+            try:
+                catch = watch.catch_up(t_stop, self.duration)
+            except (OSError, RespError, ValueError, ConnectionError) as e:
+                row.setdefault("catchup_errors", []).append("after the run: %s" % e)
+            finally:
+                watch.close()
+        if probe:
             probe.join(LAG_TIMEOUT_NS / 1e9 + 10)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu1 = {s.name: s.cpu_s() for s in cfg.servers()}
@@ -738,6 +808,8 @@ class Suite:
                                 for k in cpu0}}
         if st0 is not None and st1 is not None:
             run["sync_timeouts"] = st1 - st0
+        if catch is not None:
+            run.update(catch)
         try:
             with open(json_path) as f:
                 res = json.load(f)
@@ -795,6 +867,21 @@ class Suite:
                                                       len(row["runs"]))
         if row["lag_samples"]:
             row["lag"] = lag_summary(row["lag_samples"])
+        watched = [r for r in ok if "catchup_ms" in r]
+        if watched:
+            done = sorted(r["catchup_ms"] for r in watched if r["catchup_ms"] is not None)
+            row["catchup"] = {
+                "runs": len(watched),
+                "within_keepup": sum(1 for v in done if v <= KEEPUP_MS),
+                "never": len(watched) - len(done),
+                "median_ms": statistics.median(done) if done else None,
+                "max_ms": (done[-1] if len(done) == len(watched) else math.inf) if done
+                else math.inf,
+                "behind_bytes_median": statistics.median(r["behind_bytes"] for r in watched),
+                "behind_ms_median": statistics.median(
+                    r["behind_ms"] for r in watched if r.get("behind_ms") is not None)
+                if any(r.get("behind_ms") is not None for r in watched) else None,
+            }
 
     def match(self, row):
         """The Redis row a ringkv row is compared with."""
@@ -980,6 +1067,11 @@ class Suite:
                 self.notes.append("%s %s %s P=%d: lag probe: %s"
                                   % (row["config"], MODE_LABEL[row["mode"]], row["workload"],
                                      row["pipeline"], row["probe_errors"][0]))
+            for e in row.get("catchup_errors", [])[:1]:
+                self.notes.append("%s %s %s P=%d: replication offsets: %s"
+                                  % (row["config"], MODE_LABEL[row["mode"]], row["workload"],
+                                     row["pipeline"], e))
+        self.replsum = self.repl_summary()
         os.makedirs(self.results, exist_ok=True)
         base = os.path.join(self.results, self.stamp)
         png = self.chart(base + ".png")
@@ -1000,6 +1092,135 @@ class Suite:
     @staticmethod
     def _json_default(v):
         return str(v)
+
+    # -- the cost of a replica, SET at pipeline 16 --
+
+    SUMMARY_WL, SUMMARY_P = "set", 16
+
+    def paired(self, a, b):
+        """Median over rounds of (a's run ÷ b's run of the same round); None without pairs."""
+        ra = {r["rep"]: r["rps"] for r in a["runs"] if r.get("ok")}
+        rb = {r["rep"]: r["rps"] for r in b["runs"] if r.get("ok")}
+        pairs = [ra[k] / rb[k] for k in ra if k in rb and rb[k] > 0]
+        return (statistics.median(pairs), len(pairs)) if pairs else (None, 0)
+
+    def repl_summary(self):
+        """Per replica configuration and mode, SET at pipeline 16: ops/s against the same
+        server alone and against its own async mode (paired by round), and how far behind the
+        replica was when the load stopped and how long it took to reach the master's offset."""
+        wl, p = self.SUMMARY_WL, self.SUMMARY_P
+        alone = {"ringkv": self.rows.get(("ringkv", "-", wl, p)),
+                 "redis": self.rows.get(("redis", "-", wl, p))}
+        out = {"workload": wl, "pipeline": p, "keepup_ms": KEEPUP_MS, "rows": []}
+        for cfg in self.configs:
+            if cfg.transport is None:
+                continue
+            base = alone[cfg.family]
+            asyn = self.rows.get((cfg.key, "async", wl, p))
+            for m in cfg.modes:
+                row = self.rows.get((cfg.key, m, wl, p))
+                if row is None:
+                    continue
+                e = {"config": cfg.key, "mode": m, "status": row["status"],
+                     "ops": row.get("ops"), "alone_ops": base.get("ops") if base else None,
+                     "async_ops": asyn.get("ops") if asyn else None}
+                if row.get("ops") is not None:
+                    if base and base.get("ops"):
+                        e["x_alone"], e["x_alone_pairs"] = self.paired(row, base)
+                    if m != "async" and asyn and asyn.get("ops"):
+                        e["x_async"], e["x_async_pairs"] = self.paired(row, asyn)
+                    e["catchup"] = row.get("catchup")
+                out["rows"].append(e)
+        by = {(e["config"], e["mode"]): e for e in out["rows"]}
+        tcp_async = by.get(("ringkv+tcp", "async"))
+        tcp_sync = by.get(("ringkv+tcp", "sync"))
+        if tcp_async and tcp_async.get("ops") is not None:
+            c = tcp_async.get("catchup") or {}
+            kept = bool(c) and c["within_keepup"] == c["runs"]
+            out["tcp_keeps_up"] = {"x_alone": tcp_async.get("x_alone"),
+                                   "ops": tcp_async["ops"], "alone_ops": tcp_async["alone_ops"],
+                                   "catchup": c or None, "kept_up": kept}
+        if tcp_sync and tcp_sync.get("x_async") is not None:
+            out["tcp_sync_vs_async"] = {"x_async": tcp_sync["x_async"], "ops": tcp_sync["ops"],
+                                        "async_ops": tcp_sync["async_ops"], "target": 0.7,
+                                        "met": tcp_sync["x_async"] >= 0.7}
+        return out
+
+    def summary_markdown(self):
+        sm = self.replsum
+        wl_label = dict(WORKLOADS)
+        out = ["## Replication cost: %s at pipeline %d\n" % (wl_label[sm["workload"]],
+                                                              sm["pipeline"])]
+        pairing = ("median over the %d rounds of the ratio of two runs made seconds apart"
+                   % self.repeat if self.repeat > 1 else "runs made seconds apart")
+        out.append("× alone: ops/s over the same server without a replica (ringkv or Redis); "
+                   "× async: over the same configuration in async mode (Redis: SET + WAIT 1 0 "
+                   "over plain SET); both the %s. Behind at stop: how far the replica's "
+                   "applied offset (slave_repl_offset) was behind the master's "
+                   "master_repl_offset when the load ended, in bytes and in milliseconds of "
+                   "the master's write stream at the run's rate. Caught up: from the end of "
+                   "the load until the replica's offset reached the master's (polled every "
+                   "millisecond); median and largest over the row's runs. A replica keeps up "
+                   "when it gets there within %.0f ms in every run.\n"
+                   % (pairing, sm["keepup_ms"]))
+        out.append("| config | mode | ops/s | × alone | × async | behind at stop | "
+                   "caught up after, median / max ms | within %.0f ms |" % sm["keepup_ms"])
+        out.append("|---|---|--:|--:|--:|--:|--:|--:|")
+
+        def ratio(v):
+            return "%.2f" % v if v is not None else "–"
+
+        def ms(v):
+            if v is None:
+                return "–"
+            if v == math.inf:
+                return "> %.0f s" % CATCHUP_WAIT
+            return "%.1f" % v if v < 100 else "{:,.0f}".format(v)
+        for e in sm["rows"]:
+            cells = [e["config"], MODE_LABEL[e["mode"]]]
+            if e.get("ops") is None:
+                out.append("| " + " | ".join(cells + [e["status"]] + ["–"] * 5) + " |")
+                continue
+            c = e.get("catchup")
+            cells += ["{:,.0f}".format(e["ops"]), ratio(e.get("x_alone")),
+                      ratio(e.get("x_async")) if e["mode"] != "async" else "1"]
+            if c:
+                beh = "{:,.0f} B".format(c["behind_bytes_median"])
+                if c.get("behind_ms_median") is not None:
+                    beh += " (%s ms)" % ms(c["behind_ms_median"])
+                cells += [beh, "%s / %s" % (ms(c["median_ms"]), ms(c["max_ms"])),
+                          "%d/%d" % (c["within_keepup"], c["runs"])]
+            else:
+                cells += ["–", "–", "–"]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+        ku = sm.get("tcp_keeps_up")
+        if ku:
+            c = ku.get("catchup")
+            if c:
+                lagtxt = ("when the load stopped the replica was {:,.0f} bytes behind (median; "
+                          "%s ms of writes) and reached the master's offset %s ms later "
+                          "(median; largest %s ms), within %.0f ms in %d of %d runs"
+                          .format(c["behind_bytes_median"])
+                          % (ms(c.get("behind_ms_median")), ms(c["median_ms"]),
+                             ms(c["max_ms"]), sm["keepup_ms"], c["within_keepup"], c["runs"]))
+            else:
+                lagtxt = "the replica's offsets could not be read (see the notes)"
+            out.append("- **A TCP replica and the master's full SET rate:** ringkv+tcp async "
+                       "ran at %s× ringkv alone ({:,.0f} against {:,.0f} ops/s); %s: %s.".format(
+                           ku["ops"], ku["alone_ops"] or 0)
+                       % (ratio(ku.get("x_alone")), lagtxt,
+                          "the replica kept up" if ku["kept_up"] else
+                          "**the replica did not keep up**"))
+        sv = sm.get("tcp_sync_vs_async")
+        if sv:
+            out.append("- **Sync mode with one TCP replica:** %.2f× ringkv+tcp async "
+                       "({:,.0f} against {:,.0f} ops/s); target ≥ 0.7×: %s.".format(
+                           sv["ops"], sv["async_ops"])
+                       % (sv["x_async"], "met" if sv["met"] else "**not met**"))
+        if ku or sv:
+            out.append("")
+        return "\n".join(out)
 
     def ordered_rows(self):
         for cfg in self.configs:
@@ -1053,6 +1274,7 @@ class Suite:
                                    for m, (s, w) in c.mode_status.items()}}
                         for c in self.configs],
             "idle_cpu_pct": getattr(self, "idle_cpu", {}),
+            "replication_summary": getattr(self, "replsum", None),
             "rows": rows,
             "notes": self.notes,
         }
@@ -1154,6 +1376,7 @@ class Suite:
         for k, v in self.commands().items():
             out.append("%-22s %s" % (k + ":", v))
         out.append("```\n")
+        out.append(self.summary_markdown())
         return "\n".join(out)
 
     def chart(self, path):

@@ -3,7 +3,9 @@
 # replica (same-host shared memory and TCP for ringkv; WAIT for Redis's sync rows), under SET,
 # GET and a 10:90 mix at pipeline 1 and 16, driven by ringkv-bench; replication lag measured
 # beside the load.  bench/suite.py runs the matrix and writes bench/results/ (markdown, JSON,
-# a gnuplot chart, latest.md); its docstring lists the environment it reads.
+# a gnuplot chart, latest.md); its docstring lists the environment it reads.  Then
+# bench/fullsync.py measures a TCP replica's full sync of 1,000,000 keys and the master's p99
+# during it, and appends that section to the same results.
 #
 #   make bench                    # about 6 minutes on 2 cores (8 once TCP replicas are built)
 #   BENCH_QUICK=1 make bench      # the same matrix with short runs, about a minute
@@ -25,4 +27,14 @@ if ! command -v redis-server >/dev/null; then
     exit 1
 fi
 command -v gnuplot >/dev/null || echo "suite.sh: gnuplot missing: no chart (apt-get install gnuplot-nox)" >&2
-exec /usr/bin/python3 bench/suite.py "$@"
+# One stamp for both parts, so bench/fullsync.py appends its section to the suite's results.
+quick=""
+case "${BENCH_QUICK:-}" in ""|0) ;; *) quick=-quick ;; esac
+export BENCH_STAMP=${BENCH_STAMP:-$(date +%Y-%m-%d-%H%M)$quick}
+/usr/bin/python3 bench/suite.py "$@"
+# Full sync of a TCP replica (1,000,000 keys) and the master's p99 during it; BENCH_FULLSYNC=0
+# skips it.
+case "${BENCH_FULLSYNC:-1}" in
+    0) ;;
+    *) /usr/bin/python3 bench/fullsync.py ;;
+esac

@@ -800,6 +800,11 @@ static void take_handovers(void)
     }
     if ((stop || fd >= 0) && T.rx)
         rx_cut(T.rx, stop ? "stopped" : "a new link");
+    if (stop && !T.rx) {
+        pthread_mutex_lock(&T.mu);
+        T.rx_stop = false; /* nothing to stop: done */
+        pthread_mutex_unlock(&T.mu);
+    }
     if (fd >= 0) {
         if (T.rx) {
             /* The old one goes once its operations end; this one waits for that. */
@@ -851,8 +856,6 @@ static void *repl_thread(void *arg)
                     rx_arm_recv(r);
             }
             if (r->dead && !r->ops) {
-                rx_free(r);
-                T.rx = NULL;
                 pthread_mutex_lock(&T.mu);
                 bool stopping = T.rx_stop;
                 T.rx_stop = false;
@@ -861,6 +864,8 @@ static void *repl_thread(void *arg)
                     rk_log(RK_LOG_WARNING, "Connection with master lost: %s", r->why);
                     __atomic_store_n(&repl.rx_lost, 1, __ATOMIC_RELEASE);
                 }
+                rx_free(r);
+                T.rx = r = NULL;
                 work = true;
             }
         }
