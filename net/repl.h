@@ -59,7 +59,10 @@ enum wire_type {
     WIRE_RESET = 3,   /* master, full sync: shard's log starts at pos */
     WIRE_WALKEND = 4, /* master, full sync: shard's walk ended at pos */
     WIRE_PING = 5,    /* master: keep-alive */
-    WIRE_ACK = 16,    /* replica: shard = nshards, then per shard u64 received, u64 applied */
+    WIRE_WALKSTART = 6, /* master: a walk asked for by the replica (for its own replicas)
+                         * starts at pos in shard's log, in the stream it already follows */
+    WIRE_ACK = 16,    /* replica: shard = nshards, pos = walks it asked for (a counter), then
+                       * per shard u64 received, u64 applied */
 };
 struct wire_hdr {
     uint32_t magic;
@@ -113,6 +116,9 @@ struct repl_state {
     int failover_state; /* enum failover_state */
     struct repl_failover *failover_req;
     int failover_abort;
+    /* replica with replicas of its own: walks to ask the master for (a counter the replication
+     * thread passes on in its acks), since only the master's workers can walk */
+    uint32_t walk_upstream;
     uint64_t sync_full, sync_partial_ok, sync_partial_err;
 };
 

@@ -224,6 +224,15 @@ static void close_fds(int *fds, int n)
             close(fds[i]);
 }
 
+/* Can this replica take replicas of its own that need a full sync?  Only when it follows its
+ * master over TCP (its log is then a copy of the master's, and the master can walk into it)
+ * and is in sync. */
+static bool cascade_ready(void)
+{
+    return repl.tcp_link && __atomic_load_n(&repl.link, __ATOMIC_ACQUIRE) &&
+           !__atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
+}
+
 /* Take a free replica slot and fill it in; with full, ask the workers for a walk (a full sync).
  * Main thread.  Returns the slot, or -1. */
 static int slot_take(int pid, int nworkers, const int *efds, int port, const char *addr, bool tcp,
@@ -259,14 +268,21 @@ static int slot_take(int pid, int nworkers, const int *efds, int port, const cha
     sl->nworkers = (uint32_t)nworkers;
     sl->heartbeat_ms = (uint64_t)now;
     sl->attach_ms = (uint64_t)now;
-    uint32_t req = __atomic_load_n(&repl.walk_req, __ATOMIC_RELAXED) + (full ? 1 : 0);
-    sl->walk_req = req;
+    sl->walk_req = 0;
     __atomic_store_n(&sl->state, full ? CTL_SYNCING : CTL_ONLINE, __ATOMIC_RELEASE);
     __atomic_store_n(&p->active, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
-    /* Release: the slot above is filled in before a worker sees the new request. */
-    if (full)
-        __atomic_store_n(&repl.walk_req, req, __ATOMIC_RELEASE);
+    if (full && repl_is_replica()) {
+        /* A replica's workers don't walk: its master walks into the stream it sends us, and
+         * the replication thread marks where that walk starts and ends in this slot. */
+        __atomic_add_fetch(&repl.walk_upstream, 1, __ATOMIC_RELEASE);
+        uint64_t one = 1;
+        ssize_t n = write(repl_tcp_efd, &one, sizeof(one));
+        (void)n;
+    } else if (full) {
+        /* Release: the slot above is filled in before a worker sees the new request. */
+        __atomic_add_fetch(&repl.walk_req, 1, __ATOMIC_RELEASE);
+    }
     return k;
 }
 
@@ -316,8 +332,9 @@ static void handle_attach(int fd)
         close_fds(efds, nefd);
         return;
     }
-    if (repl.is_replica) {
-        send_reply(fd, "ERR this server is a replica\n", NULL, 0);
+    if (repl.is_replica && !cascade_ready()) {
+        send_reply(fd, "ERR this server is a replica that is not in sync over TCP with a master\n",
+                   NULL, 0);
         close_fds(efds, nefd);
         return;
     }
@@ -595,9 +612,8 @@ static void psync_answer(struct repl_psync *ps)
     setsockopt(ps->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     bool cont = can_continue(ps->replid, ps->pos);
     const char *err = NULL;
-    if (!cont && repl_is_replica())
-        err = "-ERR this replica can only continue a stream it holds: a full sync must come "
-              "from the master\r\n";
+    if (!cont && repl_is_replica() && !cascade_ready())
+        err = "-ERR this replica is not in sync over TCP with a master: try again later\r\n";
     int efd = err ? -1 : fcntl(repl_tcp_efd, F_DUPFD_CLOEXEC, 0);
     int k = err ? -1 : slot_take(0, 1, &efd, ps->port, ps->addr, true, !cont);
     if (!err && k < 0) {

@@ -16,6 +16,8 @@
  *   COMMIT  shard, pos: every DATA byte of the shard below pos was intact when it was sent
  *   RESET   shard, pos: full sync: the shard's log starts at pos (the walk's start)
  *   WALKEND shard, pos: full sync: the walk of the shard ended at pos
+ *   WALKSTART shard, pos: a walk the replica asked for (for a replica of its own, see
+ *           CASCADING) starts at pos, in the stream it already follows
  *   PING    nothing: sent when there has been nothing else for a while
  * and from replica to master ACK messages: per shard the position received (published in
  * its own log) and the position applied.
@@ -28,6 +30,13 @@
  * the writer lapped is never committed: the master cuts the replica, which comes back with a
  * full sync.  So a ring's capacity (repl-ring-size) is the limit of how far a replica may fall
  * behind: the master never buffers a replica's stream anywhere else.
+ *
+ * CASCADING.  A TCP replica can have replicas of its own, over TCP and through shared memory:
+ * they read its copy of the log like any log.  Only a master's workers can walk their shards,
+ * so for a full sync of such a replica, its master is asked (a counter in the ACKs) for a walk
+ * into the stream the replica already follows; WALKSTART and WALKEND mark where it is, and the
+ * replica's own replicas start reading there.  While one of them is in a full sync the
+ * receiver does not overwrite what it has not read yet (TCP pushes back up the chain).
  *
  * REPLICA END.  The replica's main thread connects, handshakes and hands the socket here.  This
  * thread writes the bytes it receives into the replica's own log, at the same positions (both
@@ -72,13 +81,14 @@ enum { UDT_EVENT = 1, UDT_TXSEND, UDT_TXRECV, UDT_RXRECV, UDT_RXSEND, UDT_IGNORE
 struct tx {
     struct tx *next;
     int fd, slot;
-    bool full;
+    bool walking;     /* a walk for it is under way (its full sync, or one it asked for) */
+    uint32_t walk_gen; /* walks the replica asked for, as last seen */
     bool dead;        /* cut: waiting for in-flight operations before closing */
     const char *why;  /* why it was cut */
     int ops;          /* operations in flight */
     uint64_t *sent;   /* per shard: next position to send */
     uint64_t *verify; /* per shard: verified, COMMIT not sent yet (0 = none) */
-    uint8_t *started, *walkend_sent;
+    uint8_t *started, *walkend_sent, *walkstart_sent;
     uint32_t rr; /* shard to start the next batch at */
     /* the batch in flight */
     bool sending;
@@ -174,7 +184,8 @@ void repl_tcp_add_replica(int fd, int slot, bool full, const uint64_t *pos)
     uint32_t n = srv.nshards;
     t->fd = fd;
     t->slot = slot;
-    t->full = full;
+    t->walking = full;
+    t->walkstart_sent = rk_calloc(n, 1);
     t->sent = rk_calloc(n, sizeof(uint64_t));
     t->verify = rk_calloc(n, sizeof(uint64_t));
     t->started = rk_calloc(n, 1);
@@ -287,20 +298,37 @@ static void tx_on_ack(struct tx *t, const struct wire_hdr *h, const char *p)
             moved = true;
         }
     }
-    (void)h;
     int64_t now = rk_now_ms();
     t->last_ack_ms = now;
     struct ctl_slot *sl = ctl_slot(&repl.ctl, t->slot);
     __atomic_store_n(&sl->heartbeat_ms, (uint64_t)now, __ATOMIC_RELAXED);
     if (moved)
         wake_ack_waiters();
-    if (t->full && __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_SYNCING) {
+    uint32_t gen = (uint32_t)h->pos;
+    if (gen != t->walk_gen && !repl_is_replica()) {
+        t->walk_gen = gen;
+        if (!t->walking) {
+            /* The replica has a replica of its own to sync: walk our shards again for it,
+             * into the stream it already follows (it keeps its data). */
+            t->walking = true;
+            memset(ctl_sync_start(&repl.ctl, t->slot), 0, 3 * (size_t)n * sizeof(uint64_t));
+            memset(t->walkstart_sent, 0, n);
+            memset(t->walkend_sent, 0, n);
+            __atomic_store_n(&sl->state, CTL_SYNCING, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&repl.walk_req, 1, __ATOMIC_RELEASE);
+            rk_log(RK_LOG_NOTICE, "Replica %s:%d asks for a walk for a replica of its own",
+                   repl.peers[t->slot].addr, repl.peers[t->slot].port);
+            return;
+        }
+    }
+    if (t->walking && __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_SYNCING) {
         for (uint32_t s = 0; s < n; s++) {
             uint64_t end = __atomic_load_n(&ctl_walk_end(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE);
             if (!end || !t->walkend_sent[s] || app[s] < end - 1)
                 return;
         }
         __atomic_store_n(&sl->state, CTL_ONLINE, __ATOMIC_RELEASE);
+        t->walking = false;
         rk_log(RK_LOG_NOTICE, "Synchronization with replica %s:%d succeeded",
                repl.peers[t->slot].addr, repl.peers[t->slot].port);
     }
@@ -356,10 +384,16 @@ static bool tx_send(struct tx *t, int64_t now)
             add_hdr(t, WIRE_COMMIT, s, t->verify[s], 0);
             t->verify[s] = 0;
         }
-        if (!t->started[s] && __atomic_load_n(&ctl_start_set(&repl.ctl, k)[s], __ATOMIC_ACQUIRE)) {
+        if (!t->walking || t->walkstart_sent[s] ||
+            !__atomic_load_n(&ctl_start_set(&repl.ctl, k)[s], __ATOMIC_ACQUIRE))
+            continue;
+        t->walkstart_sent[s] = 1;
+        if (!t->started[s]) {
             t->sent[s] = ctl_sync_start(&repl.ctl, k)[s];
             t->started[s] = 1;
             add_hdr(t, WIRE_RESET, s, t->sent[s], 0);
+        } else {
+            add_hdr(t, WIRE_WALKSTART, s, ctl_sync_start(&repl.ctl, k)[s], 0);
         }
     }
     for (uint32_t i = 0; i < n && t->niov < MAX_IOV - 8 && total < BATCH_BYTES; i++) {
@@ -384,7 +418,7 @@ static bool tx_send(struct tx *t, int64_t now)
             t->sent[s] = from + len;
             total += len;
         }
-        if (!t->walkend_sent[s]) {
+        if (t->walking && t->walkstart_sent[s] && !t->walkend_sent[s]) {
             uint64_t end = __atomic_load_n(&ctl_walk_end(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
             if (end && t->sent[s] >= end - 1) {
                 add_hdr(t, WIRE_WALKEND, s, end - 1, 0);
@@ -495,6 +529,7 @@ static void tx_free(struct tx *t)
     rk_free(t->verify);
     rk_free(t->started);
     rk_free(t->walkend_sent);
+    rk_free(t->walkstart_sent);
     rk_free(t->hdrs);
     rk_free(t->iov);
     rk_free(t->chunks);
@@ -507,15 +542,14 @@ static bool tx_pending(struct tx *t)
     for (uint32_t s = 0; s < srv.nshards; s++) {
         if (t->verify[s])
             return true;
-        if (!t->started[s]) {
-            if (__atomic_load_n(&ctl_start_set(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE))
-                return true;
-        } else if (ring_tail(&repl.log, s) != t->sent[s]) {
+        if (t->walking && !t->walkstart_sent[s] &&
+            __atomic_load_n(&ctl_start_set(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE))
             return true;
-        } else if (!t->walkend_sent[s] &&
-                   __atomic_load_n(&ctl_walk_end(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE)) {
+        if (t->started[s] && ring_tail(&repl.log, s) != t->sent[s])
             return true;
-        }
+        if (t->walking && t->walkstart_sent[s] && !t->walkend_sent[s] &&
+            __atomic_load_n(&ctl_walk_end(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE))
+            return true;
     }
     return false;
 }
@@ -570,6 +604,32 @@ static uint64_t self_applied(uint32_t s)
     return a > st ? a : st;
 }
 
+/* One of our own replicas in slot k is waiting for, or taking, a full sync. */
+static bool local_syncing(int k)
+{
+    return __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) &&
+           __atomic_load_n(&ctl_slot(&repl.ctl, k)->state, __ATOMIC_ACQUIRE) == CTL_SYNCING;
+}
+
+/* The position in shard s's log that must not be overwritten yet: what our workers have not
+ * applied, and what a replica of ours in a full sync has not (it would be lapped, and sync
+ * again, forever). */
+static uint64_t slowest(uint32_t s)
+{
+    uint64_t low = self_applied(s);
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        if (!local_syncing(k) || !__atomic_load_n(&ctl_start_set(&repl.ctl, k)[s], __ATOMIC_ACQUIRE))
+            continue;
+        uint64_t a = __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
+        uint64_t st = ctl_sync_start(&repl.ctl, k)[s];
+        if (a < st)
+            a = st;
+        if (a < low)
+            low = a;
+    }
+    return low;
+}
+
 static void wake_workers(void)
 {
     struct ctl_slot *sl = ctl_slot(&repl.ctl, CTL_SELF);
@@ -581,6 +641,21 @@ static void wake_workers(void)
         uint64_t one = 1;
         ssize_t n = write(srv.workers[w]->event_fd, &one, sizeof(one));
         (void)n;
+    }
+    /* Same-host replicas of ours read our log too. */
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        struct repl_peer *p = &repl.peers[k];
+        if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE) || p->tcp)
+            continue;
+        struct ctl_slot *ps = ctl_slot(&repl.ctl, k);
+        for (int rw = 0; rw < p->nworkers; rw++) {
+            if (!__atomic_load_n(&ps->sleeping[rw], __ATOMIC_RELAXED))
+                continue;
+            __atomic_store_n(&ps->sleeping[rw], 0, __ATOMIC_RELAXED);
+            uint64_t one = 1;
+            ssize_t n = write(p->efds[rw], &one, sizeof(one));
+            (void)n;
+        }
     }
 }
 
@@ -621,8 +696,8 @@ static bool rx_parse(struct rx *r)
                 rx_cut(r, "a log run that does not follow what was received");
                 return published;
             }
-            if (h.pos + h.len - self_applied(s) > size) {
-                r->throttled = true; /* our workers are a ring behind: wait for them */
+            if (h.pos + h.len - slowest(s) > size) {
+                r->throttled = true; /* our workers (or a syncing replica) are a ring behind */
                 return published;
             }
             r->cur_s = s;
@@ -651,12 +726,31 @@ static bool rx_parse(struct rx *r)
             r->started[s] = 1;
             published = true;
             break;
+        case WIRE_WALKSTART:
+            if (!r->started[s] || (h.pos & (RING_ALIGN - 1))) {
+                rx_cut(r, "an unexpected WALKSTART");
+                return published;
+            }
+            /* Our own replicas waiting for a full sync start there. */
+            for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+                if (!local_syncing(k) || ctl_start_set(&repl.ctl, k)[s])
+                    continue;
+                ctl_sync_start(&repl.ctl, k)[s] = h.pos;
+                __atomic_store_n(&ctl_start_set(&repl.ctl, k)[s], 1, __ATOMIC_RELEASE);
+            }
+            break;
         case WIRE_WALKEND:
-            if (!r->started[s] || h.pos > r->recv[s] + size) {
+            if (!r->started[s]) {
                 rx_cut(r, "an unexpected WALKEND");
                 return published;
             }
             __atomic_store_n(&ctl_walk_end(&repl.ctl, CTL_SELF)[s], h.pos + 1, __ATOMIC_RELEASE);
+            for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+                if (!local_syncing(k) || !ctl_start_set(&repl.ctl, k)[s] ||
+                    ctl_walk_end(&repl.ctl, k)[s])
+                    continue;
+                __atomic_store_n(&ctl_walk_end(&repl.ctl, k)[s], h.pos + 1, __ATOMIC_RELEASE);
+            }
             break;
         case WIRE_PING:
             break;
@@ -705,11 +799,14 @@ static void rx_send_ack(struct rx *r, int64_t now)
         memcpy(p + 16 * s + 8, &a, 8);
         sum += rc * 3 + a;
     }
+    uint32_t gen = __atomic_load_n(&repl.walk_upstream, __ATOMIC_ACQUIRE);
+    sum += gen;
     if (sum == r->acked_sum && now - r->last_ack_ms < ACK_MS)
         return;
     struct wire_hdr h = {.magic = WIRE_MAGIC,
                          .type = WIRE_ACK,
                          .shard = n,
+                         .pos = gen,
                          .len = (uint32_t)(16 * (size_t)n)};
     memcpy(r->abuf, &h, sizeof(h));
     r->acked_sum = sum;
@@ -733,7 +830,7 @@ static bool rx_acks_due(struct rx *r)
             a = rc;
         sum += rc * 3 + a;
     }
-    return sum != r->acked_sum;
+    return sum + __atomic_load_n(&repl.walk_upstream, __ATOMIC_ACQUIRE) != r->acked_sum;
 }
 
 /* ---- the loop ----------------------------------------------------------------------------- */
@@ -907,7 +1004,7 @@ static void *repl_thread(void *arg)
             struct wire_hdr h;
             if (r->len - r->off >= sizeof(h)) {
                 memcpy(&h, r->buf + r->off, sizeof(h));
-                busy = h.shard < srv.nshards && h.pos + h.len - self_applied(h.shard) <= size;
+                busy = h.shard < srv.nshards && h.pos + h.len - slowest(h.shard) <= size;
             }
         }
         if (!busy) {
