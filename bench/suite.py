@@ -81,6 +81,8 @@ LAG_TIMEOUT_NS = 1_000_000_000   # a probe polls the replica for at most this lo
 CATCHUP_TIMEOUT = 60.0   # after preload, the replica must hold every key within this
 BARRIER_TIMEOUT = 10.0   # after a write row, the replica must see a marker key within this
 CATCHUP_WAIT = 10.0      # after a write run, the replica's offset is watched this long at most
+OFFSET_GAP_S = 0.02      # during a write run, one replica offset-lag sample this often
+OFFSET_LAG_CAP_S = 1.0   # an offset-lag sample gives up after this
 KEEPUP_MS = 1000.0       # a replica "keeps up" when it reaches the master's offset within this
 
 # Configurations, in table order: key, replica transport (None: no replica), modes.
@@ -525,12 +527,18 @@ def preload_chunks():
 # ---- catch-up after a write run ------------------------------------------------------------
 
 
-class OffsetWatch:
-    """Beside one write run: the master's master_repl_offset before the load, and after it
-    stops, how long the replica's slave_repl_offset (applied) takes to reach the master's
-    master_repl_offset read right after the load ended."""
+class OffsetWatch(threading.Thread):
+    """Beside one write run, on two connections of its own: how far the replica's applied
+    offset (INFO slave_repl_offset) trails the master's (master_repl_offset).
+
+    During the load, every OFFSET_GAP_S: read the master's offset M, then poll the replica's
+    every millisecond until it reaches M; the time that takes is one "offset lag" sample (at
+    most OFFSET_LAG_CAP_S, counted as a timeout), and the replica's distance from M at the
+    first poll is its backlog in bytes.  After the load ends (catch_up()): the master's offset
+    once more, and the time from the end of the load until the replica reaches it."""
 
     def __init__(self, master_port, replica_port):
+        super().__init__(daemon=True)
         self.m = Conn(master_port)
         try:
             self.r = Conn(replica_port)
@@ -538,6 +546,9 @@ class OffsetWatch:
             self.m.close()
             raise
         self.off0 = self._offset(self.m, "master_repl_offset")
+        self.stop_flag = threading.Event()
+        self.samples = []   # (lag s or None on timeout, backlog bytes)
+        self.error = None
 
     @staticmethod
     def _offset(conn, field):
@@ -546,31 +557,56 @@ class OffsetWatch:
             raise ValueError("INFO replication has no %s" % field)
         return int(v)
 
-    def close(self):
-        self.m.close()
-        self.r.close()
-
-    def catch_up(self, t_stop, seconds):
-        """t_stop: when the load process ended; seconds: the load's duration."""
-        target = self._offset(self.m, "master_repl_offset")
-        out = {"repl_bytes": target - self.off0}
+    def _reach(self, target, t0, cap):
+        """Poll the replica until its offset reaches target; (seconds since t0 or None,
+        backlog at the first poll)."""
         first = None
         while True:
             got = self._offset(self.r, "slave_repl_offset")
             now = time.monotonic()
             if first is None:
                 first = max(0, target - got)
-                out["behind_bytes"] = first
-                rate = out["repl_bytes"] / seconds if seconds else 0
-                out["behind_ms"] = round(1000.0 * first / rate, 3) if rate > 0 else None
             if got >= target:
-                out["catchup_ms"] = round(1000.0 * (now - t_stop), 3)
-                return out
-            if now - t_stop > CATCHUP_WAIT:
-                out["catchup_ms"] = None
-                out["behind_bytes_at_give_up"] = target - got
-                return out
+                return now - t0, first
+            if now - t0 > cap:
+                return None, first
             time.sleep(0.001)
+
+    def run(self):
+        try:
+            while not self.stop_flag.wait(OFFSET_GAP_S):
+                target = self._offset(self.m, "master_repl_offset")
+                t0 = time.monotonic()
+                self.samples.append(self._reach(target, t0, OFFSET_LAG_CAP_S))
+        except (OSError, RespError, ValueError, ConnectionError) as e:
+            self.error = str(e)
+
+    def close(self):
+        self.m.close()
+        self.r.close()
+
+    def catch_up(self, t_stop, seconds):
+        """After the load: t_stop, when the load process ended; seconds, its duration."""
+        self.stop_flag.set()
+        self.join(OFFSET_LAG_CAP_S + 5)
+        if self.error:
+            raise ValueError(self.error)
+        target = self._offset(self.m, "master_repl_offset")
+        out = {"repl_bytes": target - self.off0}
+        rate = out["repl_bytes"] / seconds if seconds else 0
+        took, behind = self._reach(target, t_stop, CATCHUP_WAIT)
+        out["behind_bytes"] = behind
+        out["behind_ms"] = round(1000.0 * behind / rate, 3) if rate > 0 else None
+        out["catchup_ms"] = round(1000.0 * took, 3) if took is not None else None
+        lags = sorted(v * 1000.0 for v, _ in self.samples if v is not None)
+        out["offset_lag"] = {
+            "samples": len(self.samples),
+            "timeouts": sum(1 for v, _ in self.samples if v is None),
+            "p50_ms": round(percentile(lags, 0.5), 3) if lags else None,
+            "max_ms": round(lags[-1], 3) if lags else None,
+            "backlog_max_bytes": max((b for _, b in self.samples), default=None),
+        }
+        return out
 
 
 # ---- the lag probe --------------------------------------------------------------------------
@@ -770,6 +806,7 @@ class Suite:
         if cfg.replica is not None and wl != "get":
             try:
                 watch = OffsetWatch(cfg.master.port, cfg.replica.port)
+                watch.start()
             except (OSError, RespError, ValueError, ConnectionError) as e:
                 row.setdefault("catchup_errors", []).append("before the run: %s" % e)
         st0 = cfg.sync_timeouts()
@@ -882,6 +919,20 @@ class Suite:
                     r["behind_ms"] for r in watched if r.get("behind_ms") is not None)
                 if any(r.get("behind_ms") is not None for r in watched) else None,
             }
+            ol = [r["offset_lag"] for r in watched if r.get("offset_lag")]
+            p50s = [o["p50_ms"] for o in ol if o["p50_ms"] is not None]
+            maxs = [o["max_ms"] for o in ol if o["max_ms"] is not None]
+            row["catchup"]["offset_lag"] = {
+                "samples": sum(o["samples"] for o in ol),
+                "timeouts": sum(o["timeouts"] for o in ol),
+                "p50_ms_median": statistics.median(p50s) if p50s else None,
+                "max_ms": max(maxs) if maxs else None,
+                "backlog_max_bytes": max((o["backlog_max_bytes"] for o in ol
+                                          if o["backlog_max_bytes"] is not None), default=None),
+            }
+            c = row["catchup"]
+            c["kept_up"] = (c["within_keepup"] == c["runs"] and
+                            c["offset_lag"]["timeouts"] == 0 and c["offset_lag"]["samples"] > 0)
 
     def match(self, row):
         """The Redis row a ringkv row is compared with."""
@@ -1136,7 +1187,7 @@ class Suite:
         tcp_sync = by.get(("ringkv+tcp", "sync"))
         if tcp_async and tcp_async.get("ops") is not None:
             c = tcp_async.get("catchup") or {}
-            kept = bool(c) and c["within_keepup"] == c["runs"]
+            kept = bool(c) and c["kept_up"]
             out["tcp_keeps_up"] = {"x_alone": tcp_async.get("x_alone"),
                                    "ops": tcp_async["ops"], "alone_ops": tcp_async["alone_ops"],
                                    "catchup": c or None, "kept_up": kept}
@@ -1155,17 +1206,21 @@ class Suite:
                    % self.repeat if self.repeat > 1 else "runs made seconds apart")
         out.append("× alone: ops/s over the same server without a replica (ringkv or Redis); "
                    "× async: over the same configuration in async mode (Redis: SET + WAIT 1 0 "
-                   "over plain SET); both the %s. Behind at stop: how far the replica's "
-                   "applied offset (slave_repl_offset) was behind the master's "
-                   "master_repl_offset when the load ended, in bytes and in milliseconds of "
-                   "the master's write stream at the run's rate. Caught up: from the end of "
-                   "the load until the replica's offset reached the master's (polled every "
-                   "millisecond); median and largest over the row's runs. A replica keeps up "
-                   "when it gets there within %.0f ms in every run.\n"
-                   % (pairing, sm["keepup_ms"]))
-        out.append("| config | mode | ops/s | × alone | × async | behind at stop | "
-                   "caught up after, median / max ms | within %.0f ms |" % sm["keepup_ms"])
-        out.append("|---|---|--:|--:|--:|--:|--:|--:|")
+                   "over plain SET); both the %s. Offset lag: every %.0f ms during the load, "
+                   "the master's master_repl_offset is read and the replica's applied offset "
+                   "(slave_repl_offset) polled every millisecond until it gets there; the time "
+                   "that takes (median of the runs' medians / largest of all; a sample gives up "
+                   "at %.0f s). At the end: how far behind the replica was when the load "
+                   "process had exited, and how long from then until it reached the master's "
+                   "final offset (median / largest over the row's runs). A replica keeps up "
+                   "when no lag sample reached %.0f s and it reached the final offset within "
+                   "%.0f ms of the end in every run.\n"
+                   % (pairing, OFFSET_GAP_S * 1000, OFFSET_LAG_CAP_S, OFFSET_LAG_CAP_S,
+                      sm["keepup_ms"]))
+        out.append("| config | mode | ops/s | × alone | × async | offset lag p50 / max ms | "
+                   "largest backlog | behind at end | caught up after end, median / max ms | "
+                   "kept up |")
+        out.append("|---|---|--:|--:|--:|--:|--:|--:|--:|---|")
 
         def ratio(v):
             return "%.2f" % v if v is not None else "–"
@@ -1176,34 +1231,55 @@ class Suite:
             if v == math.inf:
                 return "> %.0f s" % CATCHUP_WAIT
             return "%.1f" % v if v < 100 else "{:,.0f}".format(v)
+
+        def nbytes(v):
+            if v is None:
+                return "–"
+            if v >= 1 << 20:
+                return "%.1f MiB" % (v / 1048576.0)
+            if v >= 1024:
+                return "%.0f KiB" % (v / 1024.0)
+            return "%d B" % v
         for e in sm["rows"]:
             cells = [e["config"], MODE_LABEL[e["mode"]]]
             if e.get("ops") is None:
-                out.append("| " + " | ".join(cells + [e["status"]] + ["–"] * 5) + " |")
+                out.append("| " + " | ".join(cells + [e["status"]] + ["–"] * 7) + " |")
                 continue
             c = e.get("catchup")
             cells += ["{:,.0f}".format(e["ops"]), ratio(e.get("x_alone")),
                       ratio(e.get("x_async")) if e["mode"] != "async" else "1"]
             if c:
-                beh = "{:,.0f} B".format(c["behind_bytes_median"])
+                ol = c["offset_lag"]
+                lag = "%s / %s" % (ms(ol["p50_ms_median"]), ms(ol["max_ms"]))
+                if ol["timeouts"]:
+                    lag += " (%d of %d > %.0f s)" % (ol["timeouts"], ol["samples"],
+                                                     OFFSET_LAG_CAP_S)
+                beh = nbytes(c["behind_bytes_median"])
                 if c.get("behind_ms_median") is not None:
                     beh += " (%s ms)" % ms(c["behind_ms_median"])
-                cells += [beh, "%s / %s" % (ms(c["median_ms"]), ms(c["max_ms"])),
-                          "%d/%d" % (c["within_keepup"], c["runs"])]
+                cells += [lag, nbytes(ol["backlog_max_bytes"]), beh,
+                          "%s / %s" % (ms(c["median_ms"]), ms(c["max_ms"])),
+                          "yes" if c["kept_up"] else "**no**"]
             else:
-                cells += ["–", "–", "–"]
+                cells += ["–"] * 5
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
         ku = sm.get("tcp_keeps_up")
         if ku:
             c = ku.get("catchup")
             if c:
-                lagtxt = ("when the load stopped the replica was {:,.0f} bytes behind (median; "
-                          "%s ms of writes) and reached the master's offset %s ms later "
-                          "(median; largest %s ms), within %.0f ms in %d of %d runs"
-                          .format(c["behind_bytes_median"])
-                          % (ms(c.get("behind_ms_median")), ms(c["median_ms"]),
-                             ms(c["max_ms"]), sm["keepup_ms"], c["within_keepup"], c["runs"]))
+                ol = c["offset_lag"]
+                lagtxt = ("during the load the replica's applied offset reached the master's "
+                          "within %s ms (median; largest %s ms, %d samples%s, largest backlog "
+                          "%s); when the load had ended it was %s behind and reached the "
+                          "master's final offset %s ms later (median; largest %s ms, %d of %d "
+                          "runs within %.0f ms)"
+                          % (ms(ol["p50_ms_median"]), ms(ol["max_ms"]), ol["samples"],
+                             ", %d over %.0f s" % (ol["timeouts"], OFFSET_LAG_CAP_S)
+                             if ol["timeouts"] else "", nbytes(ol["backlog_max_bytes"]),
+                             nbytes(c["behind_bytes_median"]), ms(c["median_ms"]),
+                             ms(c["max_ms"]), c["within_keepup"], c["runs"],
+                             sm["keepup_ms"]))
             else:
                 lagtxt = "the replica's offsets could not be read (see the notes)"
             out.append("- **A TCP replica and the master's full SET rate:** ringkv+tcp async "

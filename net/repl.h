@@ -1,5 +1,7 @@
 /*
- * repl: same-host replication through shared memory (the master and the replica sides).
+ * repl: replication, the master and the replica sides.  This comment describes same-host
+ * replication through shared memory; replication over TCP, cascading and promotion are
+ * described in net/repl_tcp.c, and FAILOVER in net/repl_failover.c.
  *
  * MASTER.  At start a master creates its replication log (shm/ring.h: one ring per shard)
  * and its control region (shm/ctl.h), and listens on its Unix socket.  Nothing is written to
