@@ -534,21 +534,28 @@ class OffsetWatch(threading.Thread):
     During the load, every OFFSET_GAP_S: read the master's offset M, then poll the replica's
     every millisecond until it reaches M; the time that takes is one "offset lag" sample (at
     most OFFSET_LAG_CAP_S, counted as a timeout), and the replica's distance from M at the
-    first poll is its backlog in bytes.  After the load ends (catch_up()): the master's offset
-    once more, and the time from the end of the load until the replica reaches it."""
+    first poll is its backlog in bytes.  After the load ends (catch_up(), on a second pair of
+    connections, so that a sample in progress does not delay it): the master's offset once
+    more, and the time from the end of the load until the replica reaches it."""
 
     def __init__(self, master_port, replica_port):
         super().__init__(daemon=True)
-        self.m = Conn(master_port)
+        self.conns = []
         try:
-            self.r = Conn(replica_port)
-        except OSError:
-            self.m.close()
+            self.m, self.r, self.m2, self.r2 = [self._conn(p) for p in (
+                master_port, replica_port, master_port, replica_port)]
+            self.off0 = self._offset(self.m2, "master_repl_offset")
+        except (OSError, RespError, ValueError, ConnectionError):
+            self.close()
             raise
-        self.off0 = self._offset(self.m, "master_repl_offset")
         self.stop_flag = threading.Event()
         self.samples = []   # (lag s or None on timeout, backlog bytes)
         self.error = None
+
+    def _conn(self, port):
+        c = Conn(port)
+        self.conns.append(c)
+        return c
 
     @staticmethod
     def _offset(conn, field):
@@ -557,12 +564,12 @@ class OffsetWatch(threading.Thread):
             raise ValueError("INFO replication has no %s" % field)
         return int(v)
 
-    def _reach(self, target, t0, cap):
+    def _reach(self, replica, target, t0, cap):
         """Poll the replica until its offset reaches target; (seconds since t0 or None,
         backlog at the first poll)."""
         first = None
         while True:
-            got = self._offset(self.r, "slave_repl_offset")
+            got = self._offset(replica, "slave_repl_offset")
             now = time.monotonic()
             if first is None:
                 first = max(0, target - got)
@@ -577,24 +584,24 @@ class OffsetWatch(threading.Thread):
             while not self.stop_flag.wait(OFFSET_GAP_S):
                 target = self._offset(self.m, "master_repl_offset")
                 t0 = time.monotonic()
-                self.samples.append(self._reach(target, t0, OFFSET_LAG_CAP_S))
+                self.samples.append(self._reach(self.r, target, t0, OFFSET_LAG_CAP_S))
         except (OSError, RespError, ValueError, ConnectionError) as e:
             self.error = str(e)
 
     def close(self):
-        self.m.close()
-        self.r.close()
+        for c in self.conns:
+            c.close()
 
     def catch_up(self, t_stop, seconds):
         """After the load: t_stop, when the load process ended; seconds, its duration."""
         self.stop_flag.set()
+        target = self._offset(self.m2, "master_repl_offset")
+        took, behind = self._reach(self.r2, target, t_stop, CATCHUP_WAIT)
         self.join(OFFSET_LAG_CAP_S + 5)
         if self.error:
             raise ValueError(self.error)
-        target = self._offset(self.m, "master_repl_offset")
         out = {"repl_bytes": target - self.off0}
         rate = out["repl_bytes"] / seconds if seconds else 0
-        took, behind = self._reach(target, t_stop, CATCHUP_WAIT)
         out["behind_bytes"] = behind
         out["behind_ms"] = round(1000.0 * behind / rate, 3) if rate > 0 else None
         out["catchup_ms"] = round(1000.0 * took, 3) if took is not None else None

@@ -53,6 +53,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,8 @@ enum { UDT_EVENT = 1, UDT_TXSEND, UDT_TXRECV, UDT_RXRECV, UDT_RXSEND, UDT_IGNORE
 struct tx {
     struct tx *next;
     int fd, slot;
+    bool zc;          /* zero-copy sends are worth it (not over loopback, where the kernel
+                       * copies anyway and only reports later) */
     bool walking;     /* a walk for it is under way (its full sync, or one it asked for) */
     uint32_t walk_gen; /* walks the replica asked for, as last seen */
     bool dead;        /* cut: waiting for in-flight operations before closing */
@@ -185,6 +188,15 @@ void repl_tcp_add_replica(int fd, int slot, bool full, const uint64_t *pos)
     t->fd = fd;
     t->slot = slot;
     t->walking = full;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    t->zc = true;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            t->zc = (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) != 127;
+        else if (ss.ss_family == AF_INET6)
+            t->zc = !IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr);
+    }
     t->walkstart_sent = rk_calloc(n, 1);
     t->sent = rk_calloc(n, sizeof(uint64_t));
     t->verify = rk_calloc(n, sizeof(uint64_t));
@@ -434,7 +446,7 @@ static bool tx_send(struct tx *t, int64_t now)
     t->last_send_ms = now;
     t->mh = (struct msghdr){.msg_iov = t->iov, .msg_iovlen = (size_t)t->niov};
     struct io_uring_sqe *sqe = sqe_get();
-    bool zc = T.zc_ok && total >= ZC_MIN;
+    bool zc = T.zc_ok && t->zc && total >= ZC_MIN;
     if (zc)
         io_uring_prep_sendmsg_zc(sqe, t->fd, &t->mh, MSG_NOSIGNAL);
     else
