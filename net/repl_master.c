@@ -559,6 +559,7 @@ void repl_master_pass(struct worker *w)
         if (wk->cursor == 0) {
             wk->active = false;
             finish_walk(s, wk->req);
+            w->repl_appended = true; /* wake the readers: a TCP sender passes the end on */
         }
     }
     if (w->repl_appended) {
