@@ -731,6 +731,9 @@ static bool rx_parse(struct rx *r)
                 rx_cut(r, "an unexpected RESET");
                 return published;
             }
+            /* A new history: our own TCP replicas can't continue across it. */
+            for (struct tx *t = T.txs; t; t = t->next)
+                tx_cut(t, "this server started a full sync with its master");
             ring_reset(&repl.log, s, h.pos);
             r->recv[s] = r->pub[s] = h.pos;
             ctl_sync_start(&repl.ctl, CTL_SELF)[s] = h.pos;
