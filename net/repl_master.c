@@ -376,6 +376,7 @@ static void master_tick(void)
     uint64_t moff = 0;
     for (uint32_t s = 0; s < srv.nshards; s++)
         moff += ring_tail(&repl.log, s);
+    bool drop = __atomic_exchange_n(&repl.drop_shm_peers, 0, __ATOMIC_ACQ_REL);
     for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
         struct repl_peer *p = &repl.peers[k];
         if (!__atomic_load_n(&p->active, __ATOMIC_ACQUIRE))
@@ -397,9 +398,11 @@ static void master_tick(void)
             continue;
         }
         int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
-        if (!pid_alive(p->pid) || now - hb > HEARTBEAT_TIMEOUT_MS) {
-            rk_log(RK_LOG_WARNING, "Replica pid %d (slot %d) is gone: %s; slot reclaimed", p->pid,
-                   k, pid_alive(p->pid) ? "no heartbeat" : "process exited");
+        if (drop || !pid_alive(p->pid) || now - hb > HEARTBEAT_TIMEOUT_MS) {
+            rk_log(RK_LOG_WARNING, "Replica pid %d (slot %d) dropped: %s", p->pid, k,
+                   drop                ? "this server's log starts again (a full sync)"
+                   : pid_alive(p->pid) ? "no heartbeat"
+                                       : "process exited");
             __atomic_store_n(&p->active, 0, __ATOMIC_RELEASE);
             sl->attach_ms = (uint64_t)now; /* not reused for a second: workers let go first */
             __atomic_store_n(&sl->state, CTL_FREE, __ATOMIC_RELEASE);

@@ -734,6 +734,8 @@ static bool rx_parse(struct rx *r)
             /* A new history: our own TCP replicas can't continue across it. */
             for (struct tx *t = T.txs; t; t = t->next)
                 tx_cut(t, "this server started a full sync with its master");
+            __atomic_store_n(&repl.drop_shm_peers, 1, __ATOMIC_RELEASE); /* and the main
+                                                                         * thread drops ours */
             ring_reset(&repl.log, s, h.pos);
             r->recv[s] = r->pub[s] = h.pos;
             ctl_sync_start(&repl.ctl, CTL_SELF)[s] = h.pos;
