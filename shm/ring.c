@@ -158,8 +158,10 @@ static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void 
     size_t to_end = (size_t)size - off;
     uint64_t start = to_end < need ? t + to_end : t;
     uint64_t end = start + need;
-    /* Announce the region about to be overwritten before touching it (see ring.h). */
-    __atomic_store_n(&sh->reserve, end, __ATOMIC_RELAXED);
+    /* Announce the region about to be overwritten before touching it (see ring.h).  Only
+     * ever raised: after a ring_reset it may already be past end. */
+    if (end > sh->reserve)
+        __atomic_store_n(&sh->reserve, end, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     if (start != t) {
         struct ring_frame pad = {
@@ -288,8 +290,9 @@ int ring_read(const struct ring_map *m, uint32_t s, uint64_t pos, char **buf, si
 void ring_reset(struct ring_map *m, uint32_t s, uint64_t pos)
 {
     struct ring_shard *sh = &m->shards[s];
-    /* Readers at an old position now see a tail behind them or far ahead: they resync. */
-    __atomic_store_n(&sh->reserve, pos, __ATOMIC_RELAXED);
+    /* Every byte before pos is void: a reserve a whole ring past pos makes any reader of an
+     * older position see itself lapped, while a reader at pos or later reads normally. */
+    __atomic_store_n(&sh->reserve, pos + m->hdr->size, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     __atomic_store_n(&sh->tail, pos, __ATOMIC_RELEASE);
 }
