@@ -399,7 +399,8 @@ static void master_tick(void)
         }
         int64_t hb = (int64_t)__atomic_load_n(&sl->heartbeat_ms, __ATOMIC_RELAXED);
         if (drop || !pid_alive(p->pid) || now - hb > HEARTBEAT_TIMEOUT_MS) {
-            rk_log(RK_LOG_WARNING, "Replica pid %d (slot %d) dropped: %s", p->pid, k,
+            rk_log(RK_LOG_WARNING, "Replica pid %d (slot %d) is gone: %s; slot reclaimed", p->pid,
+                   k,
                    drop                ? "this server's log starts again (a full sync)"
                    : pid_alive(p->pid) ? "no heartbeat"
                                        : "process exited");

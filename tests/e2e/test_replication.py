@@ -208,10 +208,10 @@ class ReplicationCase(ServerTestCase):
         third."""
         def done():
             i = info(rconn)
-            n = int(i["sync_full"])
+            n = int(i["replica_full_syncs"])
             if n > 2:
                 raise AssertionError(
-                    "the replica's resync did not hold: sync_full:%d; its log ends with:\n%s" % (
+                    "the replica's resync did not hold: replica_full_syncs:%d; its log ends with:\n%s" % (
                         n, "\n".join(self.log_of(r).splitlines()[-12:])))
             return n == 2 and synced(rconn)
         wait_until(done, timeout, "a second full sync, finished")
@@ -340,7 +340,7 @@ class Replication(ReplicationCase):
         self.assertEqual(info(rc, "server")["shards"], "64")
         ri = info(rc)
         self.assertEqual(ri["master_link_transport"], "shm")
-        self.assertEqual(ri["sync_full"], "1", "one full sync should have been enough")
+        self.assertEqual(ri["replica_full_syncs"], "1", "one full sync should have been enough")
         # Streaming after the sync: a few more writes of each kind arrive.
         pipeline(mc, [("SET", "after", "1"), ("INCR", "after"), ("APPEND", "after", "x"),
                       ("SET", "k:5", "changed"), ("DEL", "k:6"),
@@ -486,7 +486,7 @@ class Replication(ReplicationCase):
         self.wait_synced(rc)
         pipeline(mc, [("SET", "pre:%d" % i, "p") for i in range(200)])
         self.wait_equal(mc, [rc])
-        self.assertEqual(info(rc)["sync_full"], "1")
+        self.assertEqual(info(rc)["replica_full_syncs"], "1")
         self.sigstop(r)
         try:
             # 2 MB of values through four 64 KiB rings: each lapped several times over.
@@ -539,7 +539,7 @@ class Replication(ReplicationCase):
         self.wait_synced(rc)
         pipeline(mc, [("SET", "c:%d" % i, "v%d" % i) for i in range(100)])
         self.wait_equal(mc, [rc])
-        self.assertEqual(info(rc)["sync_full"], "1")
+        self.assertEqual(info(rc)["replica_full_syncs"], "1")
 
         mm = self.map_log(m)
         try:
@@ -760,9 +760,9 @@ class Replication(ReplicationCase):
                             "%s -> %s" % (shard1_head.hex(), after.hex()))
         wait_until(lambda: int(info(rc)["slave_repl_offset"]) == tail(0) + tail(1), 10,
                    "the replica to catch up after the wrap")
-        if info(rc)["sync_full"] != "1":
+        if info(rc)["replica_full_syncs"] != "1":
             problems.append("the replica resynced (sync_full:%s); its log: %s" % (
-                info(rc)["sync_full"], [ln for ln in self.log_of(r).splitlines()
+                info(rc)["replica_full_syncs"], [ln for ln in self.log_of(r).splitlines()
                                         if "corrupt" in ln or "lapped" in ln]))
         self.assertEqual(problems, [])
         self.assertEqual(rc.call("GET", k0), b"wraps")
@@ -781,9 +781,9 @@ class Replication(ReplicationCase):
 
         def done():
             i = info(rc)
-            if int(i["sync_full"]) > 1:
+            if int(i["replica_full_syncs"]) > 1:
                 raise AssertionError("the full sync was lapped (sync_full:%s): %s" % (
-                    i["sync_full"], [ln for ln in self.log_of(r).splitlines()
+                    i["replica_full_syncs"], [ln for ln in self.log_of(r).splitlines()
                                      if "lapped" in ln or "corrupt" in ln]))
             return synced(rc)
         wait_until(done, 15, "one full sync to finish")
