@@ -103,6 +103,8 @@ struct repl_state {
     uint64_t full_syncs;    /* replica: full syncs it took (replica_full_syncs) */
     uint64_t partial_syncs; /* replica: partial resyncs its master accepted */
     bool follow_tcp;    /* use TCP whatever repl-transport says (after a FAILOVER to a TCP replica) */
+    bool log_valid;     /* our data is exactly what our log's history (replid, tails) says:
+                         * a PSYNC may offer it (false during a full sync, after a shm one) */
     bool log_is_copy;   /* our log is a copy of replid's (TCP replica), positions and all */
     bool tcp_link;      /* the current link is TCP (main thread; INFO reads it relaxed) */
     int rx_lost;        /* the replication thread lost the TCP link to the master */

@@ -150,6 +150,7 @@ void repl_new_replid(char out[41])
 int repl_prepare(void)
 {
     random_hex(repl.replid, 40);
+    repl.log_valid = true; /* a master's log is its own history */
     repl.log.fd = repl.ctl.fd = -1;
     if (!cfg.replicaof[0])
         return 0;
@@ -163,6 +164,7 @@ int repl_prepare(void)
     snprintf(repl.master_host, sizeof(repl.master_host), "%s", host);
     repl.master_port = port;
     repl.is_replica = true;
+    repl.log_valid = false; /* nothing of a master's history yet */
     rk_log_role = 'S';
     repl.link_down_since_ms = rk_now_ms();
     return repl_replica_prepare();
@@ -352,6 +354,7 @@ static void handle_attach(int fd)
     char ok[96];
     snprintf(ok, sizeof(ok), "OK %d %d %u\n", k, srv.nworkers, srv.nshards);
     send_reply(fd, ok, out, 2 + srv.nworkers);
+    repl.sync_full++;
     rk_log(RK_LOG_NOTICE, "Replica pid %d attached through shared memory (slot %d): full sync", pid,
            k);
 }

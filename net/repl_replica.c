@@ -170,18 +170,20 @@ void repl_boot_id(char *out, size_t cap)
 
 int repl_replica_prepare(void)
 {
-    /* Adopt the master's shard count when it can be reached now; otherwise keep ours and
-     * check again at attach time. */
-    struct shminfo si;
+    /* Adopt the master's shard count and ring size when it can be reached now; otherwise
+     * keep ours and check again at attach time. */
+    struct shminfo si = {0};
     char why[256];
-    if (fetch_shminfo(&si, why, sizeof(why)) == 0 && si.nshards >= 1 && si.nshards <= 65536 &&
-        (si.nshards & (si.nshards - 1)) == 0 && si.nshards != cfg.shards) {
+    if (fetch_shminfo(&si, why, sizeof(why)) < 0)
+        return 0;
+    if (si.nshards >= 1 && si.nshards <= 65536 && (si.nshards & (si.nshards - 1)) == 0 &&
+        si.nshards != cfg.shards) {
         rk_log(RK_LOG_NOTICE, "adopting the master's shard count: %ld", si.nshards);
         cfg.shards = (int)si.nshards;
     }
     /* A TCP replica's log is a byte-for-byte copy of the master's: same ring size. */
-    if (si.ring_size >= 64 * 1024 && (si.ring_size & (si.ring_size - 1)) == 0 &&
-        si.ring_size != cfg.repl_ring_size) {
+    if (si.ring_size >= 64 * 1024 && si.ring_size <= (1ll << 32) &&
+        (si.ring_size & (si.ring_size - 1)) == 0 && si.ring_size != cfg.repl_ring_size) {
         rk_log(RK_LOG_NOTICE, "adopting the master's repl-ring-size: %lld", si.ring_size);
         cfg.repl_ring_size = si.ring_size;
     }
@@ -194,7 +196,7 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
 
 static struct repl_link *attach(char *why, size_t wcap)
 {
-    struct shminfo si;
+    struct shminfo si = {0};
     if (fetch_shminfo(&si, why, wcap) < 0)
         return NULL;
     char mine[64];
@@ -309,10 +311,19 @@ static struct repl_link *attach(char *why, size_t wcap)
     return L;
 }
 
+/* Our own replicas can't follow a log that stops (or restarts): cut them, they come back. */
+static void drop_own_replicas(void)
+{
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++)
+        if (__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) && repl.peers[k].tcp)
+            __atomic_store_n(&repl.peers[k].tcp_kill, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&repl.drop_shm_peers, 1, __ATOMIC_RELEASE);
+}
+
 /* What this server's log holds, for a PSYNC: the id whose history it is, or "?" for none. */
 static const char *held_replid(void)
 {
-    return repl.log_is_copy || repl_logging() ? repl.replid : "?";
+    return repl.log_valid ? repl.replid : "?";
 }
 
 static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t wcap)
@@ -404,6 +415,8 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
     }
     snprintf(repl.replid, sizeof(repl.replid), "%s", id);
     repl.log_is_copy = true;
+    /* Until a full sync is over, the data is not what the log's history says it is. */
+    repl.log_valid = !full;
     struct repl_link *L = rk_calloc(1, sizeof(*L));
     L->log = repl.log;
     L->ctl = repl.ctl;
@@ -416,10 +429,10 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
 }
 
 /* Bounded wait until every worker has moved to link epoch e (a worker never blocks, so this
- * takes one loop pass of each). */
+ * takes one loop pass of each, unless one runs a very long command). */
 static void wait_workers(uint64_t e)
 {
-    for (int i = 0; i < 4000; i++) {
+    for (int i = 0; i < 40000; i++) {
         bool all = true;
         for (int k = 0; k < srv.nworkers && all; k++)
             all = __atomic_load_n(&srv.workers[k]->link_epoch_seen, __ATOMIC_ACQUIRE) >= e;
@@ -432,7 +445,7 @@ static void wait_workers(uint64_t e)
         }
         usleep(250);
     }
-    rk_log(RK_LOG_WARNING, "workers did not move to the new replication link within 1 s");
+    rk_log(RK_LOG_WARNING, "workers did not move to the new replication link within 10 s");
 }
 
 static void publish_link(struct repl_link *L)
@@ -523,6 +536,8 @@ static void check_sync_done(struct repl_link *L)
     }
     __atomic_store_n(&repl.sync_in_progress, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&ctl_slot(&L->ctl, L->slot)->state, CTL_ONLINE, __ATOMIC_RELEASE);
+    if (L->self)
+        repl.log_valid = true;
     rk_log(RK_LOG_NOTICE, "MASTER <-> REPLICA sync: Finished with success");
 }
 
@@ -538,11 +553,30 @@ void repl_promote(const char *why)
             repl.second_off[s] = ring_tail(&repl.log, s);
         snprintf(repl.replid2, sizeof(repl.replid2), "%s", repl.replid);
     }
+    if (!repl.log_valid && repl.second_off) {
+        /* A full sync was cut short: the log is no history of the data; don't offer it. */
+        rk_free(repl.second_off);
+        repl.second_off = NULL;
+        repl.replid2[0] = '\0';
+    }
     char id[41];
     repl_new_replid(id);
     snprintf(repl.replid, sizeof(repl.replid), "%s", id);
-    if (repl.log.hdr)
+    repl.log_valid = true; /* from here on the log is this master's history */
+    if (repl.log.hdr) {
         __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
+        /* Replicas of ours waiting for a walk from our old master get one from us. */
+        bool waiting = false;
+        for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+            if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) ||
+                __atomic_load_n(&ctl_slot(&repl.ctl, k)->state, __ATOMIC_ACQUIRE) != CTL_SYNCING)
+                continue;
+            memset(ctl_sync_start(&repl.ctl, k), 0, 3 * (size_t)srv.nshards * sizeof(uint64_t));
+            waiting = true;
+        }
+        if (waiting)
+            __atomic_add_fetch(&repl.walk_req, 1, __ATOMIC_RELEASE);
+    }
     __atomic_store_n(&repl.is_replica, false, __ATOMIC_RELEASE);
     rk_log_role = 'M';
     rk_log(RK_LOG_NOTICE, "MASTER MODE enabled (%s); new replication id %s, previous %s", why,
@@ -643,7 +677,10 @@ void repl_replica_tick(void)
                L->partial ? "partial resync accepted" : "full resync");
         return;
     }
+    /* Our data comes from the master's log now; ours stops moving and is no history of it. */
     repl.log_is_copy = false;
+    repl.log_valid = false;
+    drop_own_replicas();
     repl.full_syncs++;
     __atomic_store_n(&repl.sync_in_progress, 1, __ATOMIC_RELAXED);
     publish_link(L);

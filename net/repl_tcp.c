@@ -85,7 +85,8 @@ struct tx {
     bool zc;          /* zero-copy sends are worth it (not over loopback, where the kernel
                        * copies anyway and only reports later) */
     bool walking;     /* a walk for it is under way (its full sync, or one it asked for) */
-    uint32_t walk_gen; /* walks the replica asked for, as last seen */
+    uint32_t walk_gen; /* walks the replica asked for, as last seen (UINT32_MAX: no ACK yet) */
+    bool walk_pending; /* it asked for one while another was under way */
     bool dead;        /* cut: waiting for in-flight operations before closing */
     const char *why;  /* why it was cut */
     int ops;          /* operations in flight */
@@ -106,8 +107,8 @@ struct tx {
     } *chunks;
     int nchunks;
     /* acks */
-    char rbuf[4096];
-    size_t rlen;
+    char *rbuf; /* room for two ACKs */
+    size_t rcap, rlen;
     bool recv_armed;
     int64_t last_send_ms, last_ack_ms;
 };
@@ -123,6 +124,7 @@ struct rx {
     bool recv_armed;
     uint64_t *recv; /* per shard: end of what was written into our log */
     uint64_t *pub;  /* per shard: published (committed) end */
+    uint64_t *walkstart; /* per shard: a walk's start + 1 not yet handed out (0: none) */
     uint8_t *started;
     /* the DATA message being copied */
     uint32_t cur_s;
@@ -188,6 +190,9 @@ void repl_tcp_add_replica(int fd, int slot, bool full, const uint64_t *pos)
     t->fd = fd;
     t->slot = slot;
     t->walking = full;
+    t->rcap = 2 * (sizeof(struct wire_hdr) + 16 * (size_t)n);
+    t->rbuf = rk_malloc(t->rcap);
+    t->walk_gen = UINT32_MAX; /* the first ACK sets the baseline */
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     t->zc = true;
@@ -268,7 +273,7 @@ static void tx_cut(struct tx *t, const char *why)
 static void tx_arm_recv(struct tx *t)
 {
     struct io_uring_sqe *sqe = sqe_get();
-    io_uring_prep_recv(sqe, t->fd, t->rbuf + t->rlen, sizeof(t->rbuf) - t->rlen, 0);
+    io_uring_prep_recv(sqe, t->fd, t->rbuf + t->rlen, t->rcap - t->rlen, 0);
     io_uring_sqe_set_data64(sqe, UDT(t, UDT_TXRECV));
     t->recv_armed = true;
     t->ops++;
@@ -317,21 +322,29 @@ static void tx_on_ack(struct tx *t, const struct wire_hdr *h, const char *p)
     if (moved)
         wake_ack_waiters();
     uint32_t gen = (uint32_t)h->pos;
-    if (gen != t->walk_gen && !repl_is_replica()) {
+    if (t->walk_gen == UINT32_MAX)
+        t->walk_gen = gen; /* baseline: walks asked for before this connection are done */
+    if (gen != t->walk_gen) {
         t->walk_gen = gen;
-        if (!t->walking) {
-            /* The replica has a replica of its own to sync: walk our shards again for it,
-             * into the stream it already follows (it keeps its data). */
-            t->walking = true;
-            memset(ctl_sync_start(&repl.ctl, t->slot), 0, 3 * (size_t)n * sizeof(uint64_t));
-            memset(t->walkstart_sent, 0, n);
-            memset(t->walkend_sent, 0, n);
-            __atomic_store_n(&sl->state, CTL_SYNCING, __ATOMIC_RELEASE);
+        t->walk_pending = true;
+    }
+    if (t->walk_pending && !t->walking) {
+        /* The replica has a replica of its own to sync: walk our shards again for it, into
+         * the stream it already follows (it keeps its data).  A replica passes the request
+         * on to its own master, whose walk reaches us as WALKSTART/WALKEND. */
+        t->walk_pending = false;
+        t->walking = true;
+        memset(ctl_sync_start(&repl.ctl, t->slot), 0, 3 * (size_t)n * sizeof(uint64_t));
+        memset(t->walkstart_sent, 0, n);
+        memset(t->walkend_sent, 0, n);
+        __atomic_store_n(&sl->state, CTL_SYNCING, __ATOMIC_RELEASE);
+        if (repl_is_replica())
+            __atomic_add_fetch(&repl.walk_upstream, 1, __ATOMIC_RELEASE);
+        else
             __atomic_add_fetch(&repl.walk_req, 1, __ATOMIC_RELEASE);
-            rk_log(RK_LOG_NOTICE, "Replica %s:%d asks for a walk for a replica of its own",
-                   repl.peers[t->slot].addr, repl.peers[t->slot].port);
-            return;
-        }
+        rk_log(RK_LOG_NOTICE, "Replica %s:%d asks for a walk for a replica of its own",
+               repl.peers[t->slot].addr, repl.peers[t->slot].port);
+        return;
     }
     if (t->walking && __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE) == CTL_SYNCING) {
         for (uint32_t s = 0; s < n; s++) {
@@ -361,7 +374,7 @@ static void tx_on_recv(struct tx *t, int res)
         struct wire_hdr h;
         memcpy(&h, t->rbuf + off, sizeof(h));
         if (h.magic != WIRE_MAGIC || h.type != WIRE_ACK || h.len != need - sizeof(h) ||
-            h.shard != srv.nshards || need > sizeof(t->rbuf)) {
+            h.shard != srv.nshards) {
             tx_cut(t, "garbage from the replica");
             return;
         }
@@ -542,6 +555,7 @@ static void tx_free(struct tx *t)
     rk_free(t->started);
     rk_free(t->walkend_sent);
     rk_free(t->walkstart_sent);
+    rk_free(t->rbuf);
     rk_free(t->hdrs);
     rk_free(t->iov);
     rk_free(t->chunks);
@@ -559,9 +573,11 @@ static bool tx_pending(struct tx *t)
             return true;
         if (t->started[s] && ring_tail(&repl.log, s) != t->sent[s])
             return true;
-        if (t->walking && t->walkstart_sent[s] && !t->walkend_sent[s] &&
-            __atomic_load_n(&ctl_walk_end(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE))
-            return true;
+        if (t->walking && t->walkstart_sent[s] && !t->walkend_sent[s]) {
+            uint64_t end = __atomic_load_n(&ctl_walk_end(&repl.ctl, t->slot)[s], __ATOMIC_ACQUIRE);
+            if (end && t->sent[s] >= end - 1)
+                return true;
+        }
     }
     return false;
 }
@@ -586,6 +602,7 @@ static struct rx *rx_new(int fd, bool full)
     r->buf = rk_malloc(RXBUF);
     r->recv = rk_calloc(n, sizeof(uint64_t));
     r->pub = rk_calloc(n, sizeof(uint64_t));
+    r->walkstart = rk_calloc(n, sizeof(uint64_t));
     r->started = rk_calloc(n, 1);
     r->alen = sizeof(struct wire_hdr) + 16 * (size_t)n;
     r->abuf = rk_calloc(1, r->alen);
@@ -604,6 +621,7 @@ static void rx_free(struct rx *r)
     rk_free(r->buf);
     rk_free(r->recv);
     rk_free(r->pub);
+    rk_free(r->walkstart);
     rk_free(r->started);
     rk_free(r->abuf);
     rk_free(r);
@@ -671,6 +689,21 @@ static void wake_workers(void)
     }
 }
 
+/* A walk's start position reaches our replicas that wait for it once our log has it. */
+static void hand_out_walkstart(struct rx *r, uint32_t s)
+{
+    if (!r->walkstart[s] || r->pub[s] < r->walkstart[s] - 1)
+        return;
+    uint64_t pos = r->walkstart[s] - 1;
+    r->walkstart[s] = 0;
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        if (!local_syncing(k) || ctl_start_set(&repl.ctl, k)[s])
+            continue;
+        ctl_sync_start(&repl.ctl, k)[s] = pos;
+        __atomic_store_n(&ctl_start_set(&repl.ctl, k)[s], 1, __ATOMIC_RELEASE);
+    }
+}
+
 /* Parse what is in the buffer.  True if something was published. */
 static bool rx_parse(struct rx *r)
 {
@@ -725,6 +758,7 @@ static bool rx_parse(struct rx *r)
             ring_publish(&repl.log, s, h.pos);
             r->pub[s] = h.pos;
             published = true;
+            hand_out_walkstart(r, s);
             break;
         case WIRE_RESET:
             if (!r->full || r->started[s] || (h.pos & (RING_ALIGN - 1))) {
@@ -748,13 +782,9 @@ static bool rx_parse(struct rx *r)
                 rx_cut(r, "an unexpected WALKSTART");
                 return published;
             }
-            /* Our own replicas waiting for a full sync start there. */
-            for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
-                if (!local_syncing(k) || ctl_start_set(&repl.ctl, k)[s])
-                    continue;
-                ctl_sync_start(&repl.ctl, k)[s] = h.pos;
-                __atomic_store_n(&ctl_start_set(&repl.ctl, k)[s], 1, __ATOMIC_RELEASE);
-            }
+            /* Our own replicas waiting for a full sync start there, once it is published. */
+            r->walkstart[s] = h.pos + 1;
+            hand_out_walkstart(r, s);
             break;
         case WIRE_WALKEND:
             if (!r->started[s]) {
@@ -958,6 +988,8 @@ static void *repl_thread(void *arg)
         /* upstream */
         struct rx *r = T.rx;
         if (r) {
+            if (r->throttled)
+                r->last_rx_ms = now; /* not reading is our choice, not the master's silence */
             if (!r->dead && now - r->last_rx_ms > PEER_TIMEOUT_MS)
                 rx_cut(r, "no data from the master for 3 s");
             if (!r->dead) {
@@ -1032,7 +1064,30 @@ static void *repl_thread(void *arg)
         for (struct tx *t = T.txs; t; t = t->next)
             __atomic_store_n(&ctl_slot(&repl.ctl, t->slot)->sleeping[0], 0, __ATOMIC_RELAXED);
     }
-    /* Stopping: let go of every socket. */
+    /* Stopping: end every operation in flight (bounded) before the memory they use goes. */
+    for (struct tx *t = T.txs; t; t = t->next)
+        tx_cut(t, "shutting down");
+    if (T.rx)
+        rx_cut(T.rx, "shutting down");
+    for (int i = 0; i < 200; i++) {
+        int left = T.rx ? T.rx->ops : 0;
+        for (struct tx *t = T.txs; t; t = t->next)
+            left += t->ops;
+        if (!left)
+            break;
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = 5 * 1000000L};
+        io_uring_submit_and_wait_timeout(&T.ring, &cqe, 1, &ts, NULL);
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&T.ring, head, cqe)
+        {
+            uint64_t ud = io_uring_cqe_get_data64(cqe);
+            if (UDT_KIND(ud) != UDT_EVENT) /* the eventfd read is not re-armed now */
+                handle_cqe(cqe);
+            n++;
+        }
+        io_uring_cq_advance(&T.ring, n);
+    }
     while (T.txs) {
         struct tx *t = T.txs;
         T.txs = t->next;

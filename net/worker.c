@@ -675,6 +675,10 @@ static void *worker_main(void *arg)
         unsigned head, n = 0;
         w->now_ms = rk_now_ms();
         ring_set_clock(rk_mono_ns());
+        /* A replication link that changed is dealt with before any request of this pass: a
+         * promoted replica applies what its log still holds before it takes a write. */
+        if (w->link || __atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE) != w->link_epoch_seen)
+            repl_replica_pass(w);
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
             handle_cqe(w, cqe);
