@@ -110,7 +110,7 @@ tsan: $(TSAN_BIN) $(SERVER) $(BENCHB)
 	    echo "== $$t"; TSAN_OPTIONS=halt_on_error=1 timeout 300 $$t || fail=1; \
 	done; exit $$fail
 	RINGKV_SERVER=$(abspath $(SERVER)) RINGKV_BENCH=$(abspath $(BENCHB)) \
-	    timeout 900 /usr/bin/python3 tests/e2e/run.py test_ordering test_pipeline test_conn_lifecycle
+	    timeout 900 /usr/bin/python3 tests/e2e/run.py test_ordering test_pipeline test_conn_lifecycle test_cascade
 
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do \

@@ -112,7 +112,8 @@ struct repl_state {
     /* both: the previous replication id and, per shard, the position up to which this log is
      * that id's log (after a promotion), for partial resyncs of the old master's replicas */
     char replid2[41];
-    uint64_t *second_off; /* NULL when there is no replid2 */
+    uint64_t *second_off; /* per shard (allocated once, by the first promotion) */
+    bool has_replid2;     /* replid2 and second_off are set */
     /* master: PSYNC requests that workers handed over (a stack), and the counters of INFO */
     struct repl_psync *psyncs;
     /* FAILOVER (main thread; workers read writes_paused and failover_state) */
@@ -155,6 +156,30 @@ struct repl_req {
 };
 
 extern struct repl_state repl;
+
+/* The main thread changes a few strings and counters of struct repl_state that INFO and ROLE
+ * read on workers: it writes them with these, and readers read with these (relaxed atomics,
+ * byte by byte for strings: an INFO during a change may show a mix, nothing else reads them
+ * off the main thread). */
+static inline void repl_str_set(char *dst, size_t cap, const char *src)
+{
+    size_t i = 0;
+    for (; i + 1 < cap && src[i]; i++)
+        __atomic_store_n(&dst[i], src[i], __ATOMIC_RELAXED);
+    __atomic_store_n(&dst[i], '\0', __ATOMIC_RELAXED);
+}
+static inline void repl_str_get(char *out, size_t cap, const char *src)
+{
+    size_t i = 0;
+    for (; i + 1 < cap; i++) {
+        out[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
+        if (!out[i])
+            break;
+    }
+    out[i] = '\0';
+}
+#define REPL_INC(x) __atomic_fetch_add(&(x), 1, __ATOMIC_RELAXED)
+#define REPL_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* The link a replica follows: published by the main thread (release), read by workers. */
 struct repl_link {

@@ -46,11 +46,15 @@ static const char *sync_mode_name(int m)
 static void info_replid2(struct buf *b)
 {
     uint64_t off = 0;
-    if (repl.second_off)
+    uint64_t *so = __atomic_load_n(&repl.second_off, __ATOMIC_ACQUIRE);
+    bool has = __atomic_load_n(&repl.has_replid2, __ATOMIC_ACQUIRE) && so;
+    if (has)
         for (uint32_t s = 0; s < srv.nshards; s++)
-            off += repl.second_off[s];
-    if (repl.second_off)
-        buf_printf(b, "master_replid2:%s\r\nsecond_repl_offset:%llu\r\n", repl.replid2,
+            off += __atomic_load_n(&so[s], __ATOMIC_RELAXED);
+    char id2[41];
+    repl_str_get(id2, sizeof(id2), repl.replid2);
+    if (has)
+        buf_printf(b, "master_replid2:%s\r\nsecond_repl_offset:%llu\r\n", id2,
                    (unsigned long long)off + 1);
     else
         buf_printf(b, "master_replid2:0000000000000000000000000000000000000000\r\n"
@@ -85,8 +89,9 @@ static void info_master(struct buf *b)
                                                 1000
                                           : 0));
     }
-    buf_printf(b, "master_failover_state:%s\r\nmaster_replid:%s\r\n", repl_failover_state(),
-               repl.replid);
+    char id[41];
+    repl_str_get(id, sizeof(id), repl.replid);
+    buf_printf(b, "master_failover_state:%s\r\nmaster_replid:%s\r\n", repl_failover_state(), id);
     info_replid2(b);
     buf_printf(b,
                "master_repl_offset:%llu\r\nrepl_backlog_active:%d\r\n"
@@ -98,8 +103,9 @@ static void info_master(struct buf *b)
                (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
                (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
                (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED),
-               (unsigned long long)repl.sync_full, (unsigned long long)repl.sync_partial_ok,
-               (unsigned long long)repl.sync_partial_err);
+               (unsigned long long)REPL_GET(repl.sync_full),
+               (unsigned long long)REPL_GET(repl.sync_partial_ok),
+               (unsigned long long)REPL_GET(repl.sync_partial_err));
 }
 
 static void info_replica(struct buf *b, struct worker *w)
@@ -109,15 +115,18 @@ static void info_replica(struct buf *b, struct worker *w)
     uint64_t rd = L && L->self ? master_offset() : off;
     int syncing = __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
     int64_t now = rk_now_ms();
+    char host[256], id[41];
+    repl_str_get(host, sizeof(host), repl.master_host);
+    repl_str_get(id, sizeof(id), repl.replid);
     buf_printf(b,
                "role:slave\r\nmaster_host:%s\r\nmaster_port:%d\r\nmaster_link_status:%s\r\n"
                "master_last_io_seconds_ago:%d\r\nmaster_sync_in_progress:%d\r\n"
                "slave_read_repl_offset:%llu\r\nslave_repl_offset:%llu\r\n",
-               repl.master_host, repl.master_port, L ? "up" : "down", L ? 0 : -1, syncing,
+               host, REPL_GET(repl.master_port), L ? "up" : "down", L ? 0 : -1, syncing,
                (unsigned long long)rd, (unsigned long long)off);
     if (!L)
         buf_printf(b, "master_link_down_since_seconds:%lld\r\n",
-                   (long long)((now - repl.link_down_since_ms) / 1000));
+                   (long long)((now - REPL_GET(repl.link_down_since_ms)) / 1000));
     int n = 0;
     for (int k = 0; k < CTL_MAX_REPLICAS; k++)
         n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) != 0;
@@ -126,16 +135,18 @@ static void info_replica(struct buf *b, struct worker *w)
                "replica_announced:1\r\nconnected_slaves:%d\r\nmaster_failover_state:%s\r\n"
                "master_replid:%s\r\n",
                L ? (L->self ? "tcp" : "shm") : "none", n, repl_failover_state(),
-               L && !L->self ? L->log.hdr->replid : repl.replid);
+               L && !L->self ? L->log.hdr->replid : id);
     info_replid2(b);
     buf_printf(b,
                "master_repl_offset:%llu\r\nrepl_backlog_active:%d\r\n"
                "sync_full:%llu\r\nsync_partial_ok:%llu\r\nsync_partial_err:%llu\r\n"
                "replica_full_syncs:%llu\r\nreplica_partial_syncs:%llu\r\n",
-               (unsigned long long)rd, repl.log_is_copy ? 1 : 0,
-               (unsigned long long)repl.sync_full, (unsigned long long)repl.sync_partial_ok,
-               (unsigned long long)repl.sync_partial_err, (unsigned long long)repl.full_syncs,
-               (unsigned long long)repl.partial_syncs);
+               (unsigned long long)rd, REPL_GET(repl.log_is_copy) ? 1 : 0,
+               (unsigned long long)REPL_GET(repl.sync_full),
+               (unsigned long long)REPL_GET(repl.sync_partial_ok),
+               (unsigned long long)REPL_GET(repl.sync_partial_err),
+               (unsigned long long)REPL_GET(repl.full_syncs),
+               (unsigned long long)REPL_GET(repl.partial_syncs));
     uint64_t ns, p50 = repl_lag_percentile(0.50, &ns), p99 = repl_lag_percentile(0.99, &ns);
     buf_printf(b,
                "apply_lag_samples:%llu\r\napply_lag_p50_us:%llu\r\napply_lag_p99_us:%llu\r\n",
@@ -158,8 +169,10 @@ void srv_role(struct conn *c, struct req *req)
         struct repl_link *L = c->w->link;
         reply_array(&r, 5);
         reply_bulk_cstr(&r, "slave");
-        reply_bulk_cstr(&r, repl.master_host);
-        reply_int(&r, repl.master_port);
+        char host[256];
+        repl_str_get(host, sizeof(host), repl.master_host);
+        reply_bulk_cstr(&r, host);
+        reply_int(&r, REPL_GET(repl.master_port));
         reply_bulk_cstr(&r, !L ? "connect"
                             : __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED)
                                 ? "sync"

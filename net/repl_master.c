@@ -161,11 +161,11 @@ int repl_prepare(void)
                 cfg.replicaof);
         return -1;
     }
-    snprintf(repl.master_host, sizeof(repl.master_host), "%s", host);
-    repl.master_port = port;
+    repl_str_set(repl.master_host, sizeof(repl.master_host), host);
+    __atomic_store_n(&repl.master_port, port, __ATOMIC_RELAXED);
     repl.is_replica = true;
     repl.log_valid = false; /* nothing of a master's history yet */
-    rk_log_role = 'S';
+    __atomic_store_n(&rk_log_role, 'S', __ATOMIC_RELAXED);
     repl.link_down_since_ms = rk_now_ms();
     return repl_replica_prepare();
 }
@@ -354,7 +354,7 @@ static void handle_attach(int fd)
     char ok[96];
     snprintf(ok, sizeof(ok), "OK %d %d %u\n", k, srv.nworkers, srv.nshards);
     send_reply(fd, ok, out, 2 + srv.nworkers);
-    repl.sync_full++;
+    REPL_INC(repl.sync_full);
     rk_log(RK_LOG_NOTICE, "Replica pid %d attached through shared memory (slot %d): full sync", pid,
            k);
 }
@@ -602,7 +602,7 @@ bool repl_master_busy(struct worker *w)
 static bool can_continue(const char *replid, const uint64_t *pos)
 {
     bool mine = strcmp(replid, repl.replid) == 0;
-    bool prev = !mine && repl.second_off && strcmp(replid, repl.replid2) == 0;
+    bool prev = !mine && repl.has_replid2 && strcmp(replid, repl.replid2) == 0;
     if (!mine && !prev)
         return false;
     for (uint32_t s = 0; s < srv.nshards; s++) {
@@ -641,11 +641,11 @@ static void psync_answer(struct repl_psync *ps)
             __atomic_store_n(&ctl_received(&repl.ctl, k)[s], ps->pos[s], __ATOMIC_RELEASE);
             __atomic_store_n(&ctl_applied(&repl.ctl, k)[s], ps->pos[s], __ATOMIC_RELEASE);
         }
-        repl.sync_partial_ok++;
+        REPL_INC(repl.sync_partial_ok);
     } else {
-        repl.sync_full++;
+        REPL_INC(repl.sync_full);
         if (strcmp(ps->replid, "?") != 0)
-            repl.sync_partial_err++;
+            REPL_INC(repl.sync_partial_err);
     }
     char line[96];
     snprintf(line, sizeof(line), "+%s %s\r\n", cont ? "CONTINUE" : "FULLRESYNC", repl.replid);

@@ -409,12 +409,12 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
             ctl_walk_end(&repl.ctl, CTL_SELF)[s] = t + 1;
             __atomic_store_n(&ctl_start_set(&repl.ctl, CTL_SELF)[s], 1, __ATOMIC_RELEASE);
         }
-        repl.partial_syncs++;
+        REPL_INC(repl.partial_syncs);
     } else {
-        repl.full_syncs++;
+        REPL_INC(repl.full_syncs);
     }
-    snprintf(repl.replid, sizeof(repl.replid), "%s", id);
-    repl.log_is_copy = true;
+    repl_str_set(repl.replid, sizeof(repl.replid), id);
+    __atomic_store_n(&repl.log_is_copy, true, __ATOMIC_RELAXED);
     /* Until a full sync is over, the data is not what the log's history says it is. */
     repl.log_valid = !full;
     struct repl_link *L = rk_calloc(1, sizeof(*L));
@@ -451,7 +451,7 @@ static void wait_workers(uint64_t e)
 static void publish_link(struct repl_link *L)
 {
     struct repl_link *old = repl.link;
-    uint64_t epoch = ++repl.link_epoch;
+    uint64_t epoch = repl.link_epoch + 1; /* stored below, after the link (we are its writer) */
     if (L)
         L->epoch = epoch;
     if (old) {
@@ -507,7 +507,7 @@ static void link_down(const char *why)
         /* Workers apply what is left of our log before they let go of it. */
         if (self)
             wait_workers(repl.link_epoch);
-        repl.link_down_since_ms = rk_now_ms();
+        __atomic_store_n(&repl.link_down_since_ms, rk_now_ms(), __ATOMIC_RELAXED);
         /* Reconnect soon after a link that lived; back off after one that did not. */
         if (rk_now_ms() - repl.link_up_ms > 5000)
             repl.backoff_ms = 0;
@@ -544,24 +544,23 @@ static void check_sync_done(struct repl_link *L)
 void repl_promote(const char *why)
 {
     link_down("REPLICAOF NO ONE");
-    if (repl.log_is_copy && repl.log.hdr) {
+    if (repl.log_is_copy && repl.log_valid && repl.log.hdr) {
         /* Our log is the old master's, byte for byte, up to its tails: its replicas may
          * continue from us (PSYNC with the old id, up to these positions). */
         if (!repl.second_off)
-            repl.second_off = rk_calloc(srv.nshards, sizeof(uint64_t));
+            __atomic_store_n(&repl.second_off, rk_calloc(srv.nshards, sizeof(uint64_t)),
+                             __ATOMIC_RELEASE);
         for (uint32_t s = 0; s < srv.nshards; s++)
-            repl.second_off[s] = ring_tail(&repl.log, s);
-        snprintf(repl.replid2, sizeof(repl.replid2), "%s", repl.replid);
-    }
-    if (!repl.log_valid && repl.second_off) {
-        /* A full sync was cut short: the log is no history of the data; don't offer it. */
-        rk_free(repl.second_off);
-        repl.second_off = NULL;
-        repl.replid2[0] = '\0';
+            __atomic_store_n(&repl.second_off[s], ring_tail(&repl.log, s), __ATOMIC_RELAXED);
+        repl_str_set(repl.replid2, sizeof(repl.replid2), repl.replid);
+        __atomic_store_n(&repl.has_replid2, true, __ATOMIC_RELEASE);
+    } else {
+        /* No history to offer (a shm follow, or a full sync cut short). */
+        __atomic_store_n(&repl.has_replid2, false, __ATOMIC_RELEASE);
     }
     char id[41];
     repl_new_replid(id);
-    snprintf(repl.replid, sizeof(repl.replid), "%s", id);
+    repl_str_set(repl.replid, sizeof(repl.replid), id);
     repl.log_valid = true; /* from here on the log is this master's history */
     if (repl.log.hdr) {
         __atomic_store_n(&repl.logging, 1, __ATOMIC_RELEASE);
@@ -578,9 +577,9 @@ void repl_promote(const char *why)
             __atomic_add_fetch(&repl.walk_req, 1, __ATOMIC_RELEASE);
     }
     __atomic_store_n(&repl.is_replica, false, __ATOMIC_RELEASE);
-    rk_log_role = 'M';
+    __atomic_store_n(&rk_log_role, 'M', __ATOMIC_RELAXED);
     rk_log(RK_LOG_NOTICE, "MASTER MODE enabled (%s); new replication id %s, previous %s", why,
-           repl.replid, repl.replid2[0] ? repl.replid2 : "none");
+           repl.replid, repl.has_replid2 ? repl.replid2 : "none");
 }
 
 void repl_follow(const char *host, int port, bool tcp)
@@ -593,11 +592,11 @@ void repl_follow(const char *host, int port, bool tcp)
         publish_link(NULL);
         wait_workers(repl.link_epoch);
     }
-    snprintf(repl.master_host, sizeof(repl.master_host), "%s", host);
-    repl.master_port = port;
+    repl_str_set(repl.master_host, sizeof(repl.master_host), host);
+    __atomic_store_n(&repl.master_port, port, __ATOMIC_RELAXED);
     repl.next_try_ms = 0;
     repl.backoff_ms = 0;
-    rk_log_role = 'S';
+    __atomic_store_n(&rk_log_role, 'S', __ATOMIC_RELAXED);
     rk_log(RK_LOG_NOTICE, "REPLICAOF %s:%d enabled", host, port);
 }
 
@@ -678,10 +677,10 @@ void repl_replica_tick(void)
         return;
     }
     /* Our data comes from the master's log now; ours stops moving and is no history of it. */
-    repl.log_is_copy = false;
+    __atomic_store_n(&repl.log_is_copy, false, __ATOMIC_RELAXED);
     repl.log_valid = false;
     drop_own_replicas();
-    repl.full_syncs++;
+    REPL_INC(repl.full_syncs);
     __atomic_store_n(&repl.sync_in_progress, 1, __ATOMIC_RELAXED);
     publish_link(L);
     rk_log(RK_LOG_NOTICE,

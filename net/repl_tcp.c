@@ -1128,7 +1128,7 @@ void repl_tcp_shutdown(void)
     pthread_join(T.thread, NULL);
     T.running = false;
     io_uring_queue_exit(&T.ring);
-    close(T.efd);
+    /* T.efd stays open: workers may still ring it until they stop; the exit closes it. */
     pthread_mutex_lock(&T.mu);
     while (T.tx_new) {
         struct tx *t = T.tx_new;

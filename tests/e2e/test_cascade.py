@@ -13,8 +13,11 @@ import random
 import threading
 import time
 
-from harness import Conn
+from harness import Conn, is_sanitized
 from test_replication import ReplicationCase, info, pipeline, wait_until
+
+# Sanitized builds are several times slower, and each level's full sync waits for the one above.
+SYNC_TIMEOUT = 90 if is_sanitized() else 30
 
 
 def tcp(master):
@@ -50,19 +53,19 @@ class Cascade(ReplicationCase):
         self.load(mc, "pre", 20000, 1)
         r1 = self.start(*tcp(m))
         r1c = Conn(r1.port)
-        self.wait_synced(r1c)
+        self.wait_synced(r1c, SYNC_TIMEOUT)
         stop = threading.Event()
-        t = threading.Thread(target=self.writer, args=(m.port, "live", stop, 20))
+        t = threading.Thread(target=self.writer, args=(m.port, "live", stop, SYNC_TIMEOUT))
         t.start()
         try:
             r2 = self.start(*tcp(r1))          # TCP replica of a replica
             r3 = self.start("--replicaof", "127.0.0.1", str(r1.port))  # same host: shm
             r2c, r3c = Conn(r2.port), Conn(r3.port)
-            self.wait_synced(r2c)
-            self.wait_synced(r3c)
+            self.wait_synced(r2c, SYNC_TIMEOUT)
+            self.wait_synced(r3c, SYNC_TIMEOUT)
             r4 = self.start(*tcp(r2))          # two levels below the top
             r4c = Conn(r4.port)
-            self.wait_synced(r4c)
+            self.wait_synced(r4c, SYNC_TIMEOUT)
         finally:
             stop.set()
             t.join(30)
@@ -85,10 +88,10 @@ class Cascade(ReplicationCase):
         self.load(mc, "a", 10000, 2)
         r1 = self.start(*tcp(m))
         r1c = Conn(r1.port)
-        self.wait_synced(r1c)
+        self.wait_synced(r1c, SYNC_TIMEOUT)
         r2 = self.start(*tcp(r1))
         r2c = Conn(r2.port)
-        self.wait_synced(r2c)
+        self.wait_synced(r2c, SYNC_TIMEOUT)
         self.wait_equal(mc, [r1c, r2c])
         self.kill(m)
         wait_until(lambda: info(r1c)["master_link_status"] == "down", 10, "r1's link down")
@@ -110,10 +113,10 @@ class Cascade(ReplicationCase):
         self.load(mc, "c", 10000, 3)
         r1 = self.start(*tcp(m))
         r1c = Conn(r1.port)
-        self.wait_synced(r1c)
+        self.wait_synced(r1c, SYNC_TIMEOUT)
         r2 = self.start(*tcp(r1))
         r2c = Conn(r2.port)
-        self.wait_synced(r2c)
+        self.wait_synced(r2c, SYNC_TIMEOUT)
         self.wait_equal(mc, [r1c, r2c])
         before = int(info(mc)["sync_partial_ok"])
         r2c.call("REPLICAOF", "127.0.0.1", str(m.port))
