@@ -37,7 +37,19 @@ time from the master's reply to the reply of the first GET that sees the value, 
 includes at most one GET round trip to the replica (recorded as poll_rtt).  Probes are spread
 evenly over the middle 80% of each run, one at a time.
 
-Output: bench/results/<date>-<time>[-quick].{md,json,png} and bench/results/latest.md.
+Offset lag and catch-up.  In the SET and mix runs with a replica, a second watcher (OffsetWatch)
+reads the master's master_repl_offset every 20 ms and polls the replica's slave_repl_offset
+(applied) every millisecond until it gets there: that time is one offset-lag sample, the
+distance at the first poll its backlog.  When the load process has exited it reads the
+master's offset once more and times how long the replica takes to reach it.  The section
+"Replication cost: SET at pipeline 16" under the table puts each replica configuration
+against the same server alone and against its own async mode (paired by round), with those
+figures; a replica "keeps up" when no offset-lag sample reached 1 s and it reached the final
+offset within 1 s of the end in every run.
+
+Output: bench/results/<stamp>.{md,json,png} and bench/results/latest.md, stamp =
+<date>-<time>[-quick] or BENCH_STAMP.  bench/suite.sh then runs bench/fullsync.py, which
+appends its section (a TCP replica's full sync) to the same files.
 
 Environment:
   BENCH_QUICK=1        short runs (the same matrix in about a minute)
@@ -47,6 +59,7 @@ Environment:
   BENCH_CONFIGS=a,b    only these configurations (ringkv, ringkv+shm, ringkv+tcp, redis,
                        redis+replica); the others print "skipped"
   BENCH_RESULTS=DIR    where results go (bench/results)
+  BENCH_STAMP=S        the results' file name (suite.sh sets it for suite.py and fullsync.py)
   RINGKV_SERVER, RINGKV_BENCH, REDIS_SERVER: the binaries (build/rel/..., redis-server)
 """
 

@@ -117,12 +117,14 @@ static const struct opt opts[] = {
      .arg = "<host> <port>", .help = "start as a read-only replica of this master"},
     {.name = "masterauth", .type = OT_STR, .live = true, FIELD(masterauth), .def = "",
      .arg = "<password>", .help = "password a replica sends to its master"},
-    {.name = "repl-transport", .type = OT_ENUM, FIELD(repl_transport), .def = "auto",
+    {.name = "repl-transport", .type = OT_ENUM, .live = true, FIELD(repl_transport), .def = "auto",
      .names = transport_names, .arg = "auto|shm|tcp",
-     .help = "how a replica reads its master's log (shm: shared memory, same host)"},
+     .help = "how a replica follows its master: shm (shared memory, same host), tcp, or auto "
+             "(shm when it can, else tcp); used at the next attach"},
     {.name = "repl-ring-size", .type = OT_MEM, FIELD(repl_ring_size), .min = 64 * 1024,
      .max = 1LL << 40, .def = "1mb", .arg = "<size>",
-     .help = "replication log bytes per shard (rounded up to a power of two)"},
+     .help = "replication log bytes per shard (rounded up to a power of two; a replica takes "
+             "its master's); how far a TCP replica may fall behind"},
     {.name = "sync-mode", .type = OT_ENUM, .live = true, FIELD(sync_mode), .def = "async",
      .names = sync_mode_names, .arg = "async|semi|sync",
      .help = "reply to writes at once, once N replicas received, or once N applied"},

@@ -202,8 +202,8 @@ static struct repl_link *attach(char *why, size_t wcap)
     char mine[64];
     repl_boot_id(mine, sizeof(mine));
     bool here = strcmp(mine, si.boot_id) == 0 && si.path[0];
-    if (cfg.repl_transport == REPL_TCP || repl.follow_tcp ||
-        (!here && cfg.repl_transport == REPL_AUTO))
+    int transport = __atomic_load_n(&cfg.repl_transport, __ATOMIC_RELAXED); /* live */
+    if (transport == REPL_TCP || repl.follow_tcp || (!here && transport == REPL_AUTO))
         return attach_tcp(&si, why, wcap);
     if (!here) {
         snprintf(why, wcap,
