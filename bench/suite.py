@@ -341,6 +341,7 @@ class Config:
         self.mode_status = {m: ("ok", "") for m in modes}
         self.master = None
         self.replica = None
+        self.link_transport = None  # the replica's INFO master_link_transport, once up
 
     def servers(self):
         return [s for s in (self.master, self.replica) if s is not None]
@@ -407,6 +408,12 @@ class Config:
                 last = {}
             if last.get("master_link_status") == "up" and \
                     last.get("master_sync_in_progress") == "0":
+                # The transport asked for is the one in use (ringkv's INFO names it).
+                got = last.get("master_link_transport")
+                self.link_transport = got
+                if self.family == "ringkv" and got is not None and got != self.transport:
+                    self.fail("not built", "asked for --repl-transport %s, the replica reports "
+                              "master_link_transport:%s" % (self.transport, got))
                 return
             if last.get("role") == "master" and time.monotonic() - t0 > ROLE_GRACE:
                 self.fail("not built", "the --replicaof server reports role:master")
@@ -1366,6 +1373,7 @@ class Suite:
             "settings": self.settings(),
             "commands": self.commands(),
             "configs": [{"config": c.key, "status": c.status, "reason": c.reason,
+                         "master_link_transport": c.link_transport,
                          "modes": {m: {"status": s, "reason": w}
                                    for m, (s, w) in c.mode_status.items()}}
                         for c in self.configs],

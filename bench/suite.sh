@@ -7,7 +7,7 @@
 # bench/fullsync.py measures a TCP replica's full sync of 1,000,000 keys and the master's p99
 # during it, and appends that section to the same results.
 #
-#   make bench                    # about 8 minutes on 2 cores, then about 40 s of full syncs.
+#   make bench                    # about 8 minutes on 2 cores, then about 40 s of full syncs
 #   BENCH_QUICK=1 make bench      # the same matrix with short runs, about a minute
 #
 # Every server listens on 127.0.0.1 on a port the kernel picked as free and is stopped by

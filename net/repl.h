@@ -124,7 +124,8 @@ struct repl_state {
     /* replica with replicas of its own: walks to ask the master for (a counter the replication
      * thread passes on in its acks), since only the master's workers can walk */
     uint32_t walk_upstream;
-    int drop_shm_peers; /* our log was reset by a full sync: same-host replicas must resync */
+    int drop_shm_peers;
+    uint64_t last_offset; /* replica: what it had applied when a shm link went down (INFO) */ /* our log was reset by a full sync: same-host replicas must resync */
     uint64_t sync_full, sync_partial_ok, sync_partial_err;
 };
 

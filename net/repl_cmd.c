@@ -111,8 +111,13 @@ static void info_master(struct buf *b)
 static void info_replica(struct buf *b, struct worker *w)
 {
     struct repl_link *L = w->link;
-    uint64_t off = L ? slot_offset(&L->ctl, L->slot) : 0;
-    uint64_t rd = L && L->self ? master_offset() : off;
+    /* With the link down, what this replica holds: its own log and what its workers applied
+     * of it (TCP), or what it had applied when the link went down (shared memory). */
+    bool copy = REPL_GET(repl.log_is_copy);
+    uint64_t off = L                ? slot_offset(&L->ctl, L->slot)
+                   : copy && repl.ctl.hdr ? slot_offset(&repl.ctl, CTL_SELF)
+                                          : REPL_GET(repl.last_offset);
+    uint64_t rd = (L && L->self) || (!L && copy) ? master_offset() : off;
     int syncing = __atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED);
     int64_t now = rk_now_ms();
     char host[256], id[41];

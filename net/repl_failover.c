@@ -129,9 +129,10 @@ void srv_failover(struct conn *c, struct req *req)
         else
             __atomic_store_n(&repl.failover_abort, 1, __ATOMIC_RELEASE);
     } else if (!err) {
-        int n = 0;
+        int n = 0; /* replicas that are online (a full sync is not a replica yet) */
         for (int k = 0; k < CTL_MAX_REPLICAS; k++)
-            n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) != 0;
+            n += __atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) &&
+                 __atomic_load_n(&ctl_slot(&repl.ctl, k)->state, __ATOMIC_ACQUIRE) == CTL_ONLINE;
         if (repl_is_replica())
             err = "ERR FAILOVER is not valid when server is a replica.";
         else if (rq.force && (!rq.host[0] || !rq.timeout_ms))
@@ -148,13 +149,18 @@ void srv_failover(struct conn *c, struct req *req)
             err = "ERR FAILOVER target replica is not online.";
     }
     if (!err && !abort_req) {
-        struct repl_failover *p = rk_malloc(sizeof(*p));
-        *p = rq;
-        struct repl_failover *none = NULL;
-        if (!__atomic_compare_exchange_n(&repl.failover_req, &none, p, false, __ATOMIC_ACQ_REL,
-                                         __ATOMIC_RELAXED)) {
-            rk_free(p);
+        /* The state and the pause take effect now (INFO says so at once, as in Redis); the
+         * main thread takes the request on its next tick. */
+        int none = FO_NONE;
+        if (!__atomic_compare_exchange_n(&repl.failover_state, &none, FO_WAIT_SYNC, false,
+                                         __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
             err = "ERR FAILOVER already in progress.";
+        } else {
+            __atomic_store_n(&repl.writes_paused, 1, __ATOMIC_RELEASE);
+            struct repl_failover *p = rk_malloc(sizeof(*p));
+            *p = rq;
+            struct repl_failover *old = __atomic_exchange_n(&repl.failover_req, p, __ATOMIC_ACQ_REL);
+            rk_free(old);
         }
     }
     if (err)
@@ -286,25 +292,22 @@ static void hand_over(void)
 
 void repl_failover_tick(void)
 {
-    int state = __atomic_load_n(&repl.failover_state, __ATOMIC_ACQUIRE);
-    if (state == FO_NONE) {
-        struct repl_failover *rq = __atomic_exchange_n(&repl.failover_req, NULL, __ATOMIC_ACQ_REL);
-        if (!rq)
-            return;
+    struct repl_failover *rq = __atomic_exchange_n(&repl.failover_req, NULL, __ATOMIC_ACQ_REL);
+    if (!rq && !F.passes0)
+        return; /* nothing under way */
+    if (rq) {
         F.req = *rq;
         rk_free(rq);
         F.slot = pick_target(&F.req);
         if (F.slot < 0 || repl_is_replica()) {
-            rk_log(RK_LOG_WARNING, "FAILOVER: no replica to hand over to");
+            finish("aborted: no online replica to hand over to");
             return;
         }
         F.started_ms = rk_now_ms();
         F.passes0 = rk_calloc((size_t)srv.nworkers, sizeof(uint64_t));
         for (int i = 0; i < srv.nworkers; i++)
             F.passes0[i] = __atomic_load_n(&srv.workers[i]->passes, __ATOMIC_RELAXED);
-        __atomic_store_n(&repl.failover_abort, 0, __ATOMIC_RELEASE);
         __atomic_store_n(&repl.writes_paused, 1, __ATOMIC_RELEASE);
-        __atomic_store_n(&repl.failover_state, FO_WAIT_SYNC, __ATOMIC_RELEASE);
         rk_log(RK_LOG_NOTICE, "FAILOVER requested to %s:%d: writes paused, waiting for the target",
                repl.peers[F.slot].addr, repl.peers[F.slot].port);
     }

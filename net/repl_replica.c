@@ -498,6 +498,11 @@ static void link_down(const char *why)
         if (self) {
             repl_tcp_stop_rx(); /* nothing more is written into our log */
         } else {
+            uint64_t off = 0;
+            for (uint32_t s = 0; s < srv.nshards; s++)
+                off += __atomic_load_n(&ctl_applied(&repl.link->ctl, repl.link->slot)[s],
+                                       __ATOMIC_ACQUIRE);
+            __atomic_store_n(&repl.last_offset, off, __ATOMIC_RELAXED);
             /* A zero heartbeat lets the master reclaim our slot on its next tick instead of
              * holding back its walks for a replica that no longer reads. */
             __atomic_store_n(&ctl_slot(&repl.link->ctl, repl.link->slot)->heartbeat_ms, 0,
