@@ -706,8 +706,12 @@ static void *worker_main(void *arg)
                 (repl_is_replica() ? repl_replica_busy(w) : repl_master_busy(w) || sync_busy(w));
             for (int j = 0; j < srv.nworkers && !busy; j++)
                 busy = w->ring_bell[j];
+            /* Busy: no wait, but with DEFER_TASKRUN completions (new requests) are only
+             * posted when we enter the kernel asking for events: a plain submit with nothing
+             * to submit would not, and a long busy stretch (a full sync's walk) would starve
+             * every connection. */
             if (busy || io_uring_cq_ready(&w->ring))
-                io_uring_submit(&w->ring);
+                io_uring_submit_and_get_events(&w->ring);
             else
                 io_uring_submit_and_wait(&w->ring, 1);
             __atomic_store_n(&w->sleeping, 0, __ATOMIC_RELAXED);
