@@ -125,6 +125,7 @@ struct rx {
     uint64_t *recv; /* per shard: end of what was written into our log */
     uint64_t *pub;  /* per shard: published (committed) end */
     uint64_t *walkstart; /* per shard: a walk's start + 1 not yet handed out (0: none) */
+    uint64_t *walkend;   /* per shard: its end + 1, handed out after the start */
     uint8_t *started;
     /* the DATA message being copied */
     uint32_t cur_s;
@@ -603,6 +604,7 @@ static struct rx *rx_new(int fd, bool full)
     r->recv = rk_calloc(n, sizeof(uint64_t));
     r->pub = rk_calloc(n, sizeof(uint64_t));
     r->walkstart = rk_calloc(n, sizeof(uint64_t));
+    r->walkend = rk_calloc(n, sizeof(uint64_t));
     r->started = rk_calloc(n, 1);
     r->alen = sizeof(struct wire_hdr) + 16 * (size_t)n;
     r->abuf = rk_calloc(1, r->alen);
@@ -622,6 +624,7 @@ static void rx_free(struct rx *r)
     rk_free(r->recv);
     rk_free(r->pub);
     rk_free(r->walkstart);
+    rk_free(r->walkend);
     rk_free(r->started);
     rk_free(r->abuf);
     rk_free(r);
@@ -692,15 +695,27 @@ static void wake_workers(void)
 /* A walk's start position reaches our replicas that wait for it once our log has it. */
 static void hand_out_walkstart(struct rx *r, uint32_t s)
 {
-    if (!r->walkstart[s] || r->pub[s] < r->walkstart[s] - 1)
-        return;
-    uint64_t pos = r->walkstart[s] - 1;
-    r->walkstart[s] = 0;
-    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
-        if (!local_syncing(k) || ctl_start_set(&repl.ctl, k)[s])
-            continue;
-        ctl_sync_start(&repl.ctl, k)[s] = pos;
-        __atomic_store_n(&ctl_start_set(&repl.ctl, k)[s], 1, __ATOMIC_RELEASE);
+    if (r->walkstart[s]) {
+        if (r->pub[s] < r->walkstart[s] - 1)
+            return; /* the walk's end, if it came, waits behind its start */
+        uint64_t pos = r->walkstart[s] - 1;
+        r->walkstart[s] = 0;
+        for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+            if (!local_syncing(k) || ctl_start_set(&repl.ctl, k)[s])
+                continue;
+            ctl_sync_start(&repl.ctl, k)[s] = pos;
+            __atomic_store_n(&ctl_start_set(&repl.ctl, k)[s], 1, __ATOMIC_RELEASE);
+        }
+    }
+    if (r->walkend[s]) {
+        uint64_t end = r->walkend[s];
+        r->walkend[s] = 0;
+        for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+            if (!local_syncing(k) || !ctl_start_set(&repl.ctl, k)[s] ||
+                ctl_walk_end(&repl.ctl, k)[s])
+                continue;
+            __atomic_store_n(&ctl_walk_end(&repl.ctl, k)[s], end, __ATOMIC_RELEASE);
+        }
     }
 }
 
@@ -792,12 +807,9 @@ static bool rx_parse(struct rx *r)
                 return published;
             }
             __atomic_store_n(&ctl_walk_end(&repl.ctl, CTL_SELF)[s], h.pos + 1, __ATOMIC_RELEASE);
-            for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
-                if (!local_syncing(k) || !ctl_start_set(&repl.ctl, k)[s] ||
-                    ctl_walk_end(&repl.ctl, k)[s])
-                    continue;
-                __atomic_store_n(&ctl_walk_end(&repl.ctl, k)[s], h.pos + 1, __ATOMIC_RELEASE);
-            }
+            /* Our replicas get it after the walk's start (which may still wait for a COMMIT). */
+            r->walkend[s] = h.pos + 1;
+            hand_out_walkstart(r, s);
             break;
         case WIRE_PING:
             break;

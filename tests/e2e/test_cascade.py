@@ -47,6 +47,15 @@ class Cascade(ReplicationCase):
             i += 50
         c.close()
 
+    def synced_or_logs(self, conn, servers):
+        """wait_synced, failing with the last lines of every server's log."""
+        try:
+            self.wait_synced(conn, SYNC_TIMEOUT)
+        except AssertionError as e:
+            logs = "\n".join("--- %s:\n%s" % (n, "\n".join(self.log_of(s).splitlines()[-15:]))
+                             for n, s in servers)
+            raise AssertionError("%s\n%s" % (e, logs))
+
     def test_01_chain_of_tcp_and_shm_replicas_under_writes(self):
         m = self.start()
         mc = Conn(m.port)
@@ -61,11 +70,12 @@ class Cascade(ReplicationCase):
             r2 = self.start(*tcp(r1))          # TCP replica of a replica
             r3 = self.start("--replicaof", "127.0.0.1", str(r1.port))  # same host: shm
             r2c, r3c = Conn(r2.port), Conn(r3.port)
-            self.wait_synced(r2c, SYNC_TIMEOUT)
-            self.wait_synced(r3c, SYNC_TIMEOUT)
+            servers = [("master", m), ("r1", r1), ("r2", r2), ("r3", r3)]
+            self.synced_or_logs(r2c, servers)
+            self.synced_or_logs(r3c, servers)
             r4 = self.start(*tcp(r2))          # two levels below the top
             r4c = Conn(r4.port)
-            self.wait_synced(r4c, SYNC_TIMEOUT)
+            self.synced_or_logs(r4c, servers + [("r4", r4)])
         finally:
             stop.set()
             t.join(30)
