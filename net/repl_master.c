@@ -263,8 +263,7 @@ static int slot_take(int pid, int nworkers, const int *efds, int port, const cha
     p->behind_since_ms = now;
     snprintf(p->addr, sizeof(p->addr), "%s", addr);
     struct ctl_slot *sl = ctl_slot(&repl.ctl, k);
-    size_t arr = 5 * (size_t)srv.nshards * sizeof(uint64_t);
-    memset(ctl_sync_start(&repl.ctl, k), 0, arr);
+    ctl_zero(ctl_sync_start(&repl.ctl, k), 5 * (size_t)srv.nshards);
     memset(sl->sleeping, 0, sizeof(sl->sleeping));
     sl->pid = pid;
     sl->nworkers = (uint32_t)nworkers;

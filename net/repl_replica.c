@@ -399,14 +399,15 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
 
     /* Our workers report in the self slot what they applied of our own log. */
     struct ctl_slot *sl = ctl_slot(&repl.ctl, CTL_SELF);
-    memset(ctl_sync_start(&repl.ctl, CTL_SELF), 0, 5 * (size_t)n * sizeof(uint64_t));
-    memset(sl->sleeping, 0, sizeof(sl->sleeping));
+    ctl_zero(ctl_sync_start(&repl.ctl, CTL_SELF), 5 * (size_t)n);
+    for (int i = 0; i < CTL_MAX_WORKERS; i++)
+        __atomic_store_n(&sl->sleeping[i], 0, __ATOMIC_RELAXED);
     if (!full) {
         for (uint32_t s = 0; s < n; s++) {
             uint64_t t = ring_tail(&repl.log, s);
-            ctl_sync_start(&repl.ctl, CTL_SELF)[s] = t;
-            ctl_applied(&repl.ctl, CTL_SELF)[s] = t;
-            ctl_walk_end(&repl.ctl, CTL_SELF)[s] = t + 1;
+            __atomic_store_n(&ctl_sync_start(&repl.ctl, CTL_SELF)[s], t, __ATOMIC_RELAXED);
+            __atomic_store_n(&ctl_applied(&repl.ctl, CTL_SELF)[s], t, __ATOMIC_RELEASE);
+            __atomic_store_n(&ctl_walk_end(&repl.ctl, CTL_SELF)[s], t + 1, __ATOMIC_RELEASE);
             __atomic_store_n(&ctl_start_set(&repl.ctl, CTL_SELF)[s], 1, __ATOMIC_RELEASE);
         }
         REPL_INC(repl.partial_syncs);
@@ -575,7 +576,7 @@ void repl_promote(const char *why)
             if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE) ||
                 __atomic_load_n(&ctl_slot(&repl.ctl, k)->state, __ATOMIC_ACQUIRE) != CTL_SYNCING)
                 continue;
-            memset(ctl_sync_start(&repl.ctl, k), 0, 3 * (size_t)srv.nshards * sizeof(uint64_t));
+            ctl_zero(ctl_sync_start(&repl.ctl, k), 3 * (size_t)srv.nshards);
             waiting = true;
         }
         if (waiting)

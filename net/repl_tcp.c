@@ -335,7 +335,7 @@ static void tx_on_ack(struct tx *t, const struct wire_hdr *h, const char *p)
          * on to its own master, whose walk reaches us as WALKSTART/WALKEND. */
         t->walk_pending = false;
         t->walking = true;
-        memset(ctl_sync_start(&repl.ctl, t->slot), 0, 3 * (size_t)n * sizeof(uint64_t));
+        ctl_zero(ctl_sync_start(&repl.ctl, t->slot), 3 * (size_t)n);
         memset(t->walkstart_sent, 0, n);
         memset(t->walkend_sent, 0, n);
         __atomic_store_n(&sl->state, CTL_SYNCING, __ATOMIC_RELEASE);

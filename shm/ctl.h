@@ -96,6 +96,13 @@ static inline uint64_t *ctl_applied(const struct ctl_map *c, int k)
     return ctl_sync_start(c, k) + 3 * (size_t)c->hdr->nshards;
 }
 
+/* Zero n words that other threads or processes may be reading (atomically) meanwhile. */
+static inline void ctl_zero(uint64_t *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        __atomic_store_n(&a[i], 0, __ATOMIC_RELAXED);
+}
+
 static inline uint64_t *ctl_received(const struct ctl_map *c, int k)
 {
     return ctl_sync_start(c, k) + 4 * (size_t)c->hdr->nshards;
