@@ -110,7 +110,9 @@ tsan: $(TSAN_BIN) $(SERVER) $(BENCHB)
 	    echo "== $$t"; TSAN_OPTIONS=halt_on_error=1 timeout 300 $$t || fail=1; \
 	done; exit $$fail
 	RINGKV_SERVER=$(abspath $(SERVER)) RINGKV_BENCH=$(abspath $(BENCHB)) \
-	    timeout 900 /usr/bin/python3 tests/e2e/run.py test_ordering test_pipeline test_conn_lifecycle test_cascade
+	    timeout 900 /usr/bin/python3 tests/e2e/run.py test_ordering test_pipeline test_conn_lifecycle test_cascade \
+	        FailoverTests TcpGarbage TcpReplication.test_04 TcpReplication.test_05 \
+	        TcpReplication.test_06 TcpReplication.test_07 TcpReplication.test_08 TcpReplication.test_09
 
 unit: $(UNIT_BIN)
 	@fail=0; for t in $(UNIT_BIN); do \

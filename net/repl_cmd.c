@@ -248,7 +248,7 @@ void srv_shminfo(struct conn *c, struct req *req)
     rk_ll2str(size, repl.log.hdr ? (long long)repl.log.hdr->size : 0);
     reply_array(&r, 5);
     /* No Unix socket to offer (none, or this server is a replica): replicas use TCP. */
-    reply_bulk_cstr(&r, repl.unix_fd >= 0 && (!repl_is_replica() || repl.tcp_link) ? repl.unix_path
+    reply_bulk_cstr(&r, repl.unix_fd >= 0 && (!repl_is_replica() || REPL_GET(repl.tcp_link)) ? repl.unix_path
                                                                                   : "");
     reply_bulk_cstr(&r, id);
     reply_bulk_cstr(&r, n);

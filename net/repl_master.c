@@ -333,7 +333,7 @@ static void handle_attach(int fd)
         close_fds(efds, nefd);
         return;
     }
-    if (repl.is_replica && !cascade_ready()) {
+    if (repl_is_replica() && !cascade_ready()) {
         send_reply(fd, "ERR this server is a replica that is not in sync over TCP with a master\n",
                    NULL, 0);
         close_fds(efds, nefd);
@@ -537,7 +537,7 @@ static void wake_replicas(struct worker *w)
 
 void repl_master_pass(struct worker *w)
 {
-    if (!repl.ctl.hdr || repl.is_replica)
+    if (!repl.ctl.hdr || repl_is_replica())
         return;
     uint32_t req = __atomic_load_n(&repl.walk_req, __ATOMIC_ACQUIRE);
     if (req != w->walk_seen) {
@@ -576,7 +576,7 @@ void repl_master_pass(struct worker *w)
 
 bool repl_master_busy(struct worker *w)
 {
-    if (!repl.ctl.hdr || repl.is_replica)
+    if (!repl.ctl.hdr || repl_is_replica())
         return false;
     bool walking = false;
     for (uint32_t i = 0; (uint32_t)w->id + i * (uint32_t)srv.nworkers < srv.nshards; i++)

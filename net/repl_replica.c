@@ -522,7 +522,7 @@ static void link_down(const char *why)
             repl.backoff_ms = 2000;
         repl.next_try_ms = rk_now_ms() + repl.backoff_ms;
     }
-    repl.tcp_link = false;
+    __atomic_store_n(&repl.tcp_link, false, __ATOMIC_RELAXED);
     __atomic_store_n(&repl.rx_lost, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&repl.sync_in_progress, 0, __ATOMIC_RELAXED);
 }
@@ -672,7 +672,7 @@ void repl_replica_tick(void)
     }
     repl.link_up_ms = now;
     if (L->self) {
-        repl.tcp_link = true;
+        __atomic_store_n(&repl.tcp_link, true, __ATOMIC_RELAXED);
         __atomic_store_n(&repl.rx_lost, 0, __ATOMIC_RELAXED);
         __atomic_store_n(&repl.sync_in_progress, L->partial ? 0 : 1, __ATOMIC_RELAXED);
         publish_link(L);
