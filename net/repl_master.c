@@ -34,7 +34,8 @@
 struct repl_state repl = {.unix_fd = -1};
 
 #define HEARTBEAT_TIMEOUT_MS 3000
-#define WALK_SLICE 256
+#define WALK_SLICE 256 /* entries of one shard in one go */
+#define WALK_PASS 1024 /* entries of all the worker's shards in one loop pass */
 
 /* ---- the log ------------------------------------------------------------------------------ */
 
@@ -545,10 +546,18 @@ void repl_master_pass(struct worker *w)
         start_walks(w, req);
     }
     w->walk_throttled = false;
-    for (uint32_t s = (uint32_t)w->id, i = 0; s < srv.nshards; s += (uint32_t)srv.nworkers, i++) {
+    /* A pass walks at most WALK_PASS entries in all (about a millisecond), taking the shards
+     * in turn, so that a full sync never holds the requests of a pass back for long. */
+    uint32_t own = (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) /
+                   (uint32_t)srv.nworkers;
+    uint64_t budget = WALK_PASS;
+    for (uint32_t j = 0; j < own && budget; j++) {
+        uint32_t i = (w->walk_rr + j) % own;
+        uint32_t s = (uint32_t)w->id + i * (uint32_t)srv.nworkers;
         struct repl_walk *wk = &w->walks[i];
         if (!wk->active)
             continue;
+        w->walk_rr = (i + 1) % own;
         if (walk_throttled(s)) {
             w->walk_throttled = true;
             continue;
@@ -558,10 +567,12 @@ void repl_master_pass(struct worker *w)
          * a quarter ring, and walk_throttled keeps at least that much room. */
         uint64_t room = walk_headroom(s);
         struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
+        uint64_t slice = budget < WALK_SLICE ? budget : WALK_SLICE;
         do {
             wk->cursor = shard_scan(srv.shards[s], wk->cursor, 1, walk_emit, &a);
-        } while (wk->cursor != 0 && a.entries < WALK_SLICE &&
+        } while (wk->cursor != 0 && a.entries < slice &&
                  (room == UINT64_MAX || a.bytes < room / 2));
+        budget -= a.entries < budget ? a.entries : budget;
         if (wk->cursor == 0) {
             wk->active = false;
             finish_walk(s, wk->req);

@@ -166,6 +166,7 @@ struct worker {
     uint64_t repl_last_end;  /* log position after the last append */
     struct repl_walk *walks; /* per own shard (index s / nworkers) */
     uint32_t walk_seen;
+    uint32_t walk_rr; /* own shard (index) the next walk slice starts at */
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;
