@@ -36,6 +36,7 @@ struct repl_state repl = {.unix_fd = -1};
 #define HEARTBEAT_TIMEOUT_MS 3000
 #define WALK_SLICE 256 /* entries of one shard in one go */
 #define WALK_PASS 1024 /* entries of all the worker's shards in one loop pass */
+#define WALK_PERIOD_US 2000 /* and such a pass at most this often */
 
 /* ---- the log ------------------------------------------------------------------------------ */
 
@@ -551,6 +552,18 @@ void repl_master_pass(struct worker *w)
     uint32_t own = (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) /
                    (uint32_t)srv.nworkers;
     uint64_t budget = WALK_PASS;
+    /* And at most one pass in WALK_PERIOD_US walks: between slices the worker sleeps (its
+     * timer ticks every millisecond while it walks), so the walk takes about half a CPU and
+     * leaves the rest to requests and to the replica that applies what it sends. */
+    bool walking = false;
+    for (uint32_t i = 0; i < own; i++)
+        walking |= w->walks[i].active;
+    w->walk_paced = walking;
+    int64_t now_us = walking ? rk_now_us() : 0;
+    if (!walking || now_us < w->walk_next_us)
+        budget = 0;
+    else
+        w->walk_next_us = now_us + WALK_PERIOD_US;
     for (uint32_t j = 0; j < own && budget; j++) {
         uint32_t i = (w->walk_rr + j) % own;
         uint32_t s = (uint32_t)w->id + i * (uint32_t)srv.nworkers;
@@ -595,7 +608,7 @@ bool repl_master_busy(struct worker *w)
     if (!walking)
         return false;
     if (!w->walk_throttled)
-        return true;
+        return false; /* paced: the millisecond timer brings the next slice */
     /* Throttled: sleep, but have replicas ring us as they apply. */
     __atomic_store_n(&repl.ctl.hdr->ack_waiting[w->id], 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
