@@ -326,6 +326,7 @@ void rk_log(int level, const char *fmt, ...)
     char ts[64];
     size_t n = strftime(ts, sizeof(ts), "%d %b %Y %H:%M:%S", &tm);
     snprintf(ts + n, sizeof(ts) - n, ".%03d", (int)(tv.tv_usec / 1000));
-    fprintf(fp, "%d:%c %s %c %s\n", (int)getpid(), __atomic_load_n(&rk_log_role, __ATOMIC_RELAXED), ts, marks[level & 3], msg);
+    fprintf(fp, "%d:%c %s %c %s\n", (int)getpid(), __atomic_load_n(&rk_log_role, __ATOMIC_RELAXED),
+            ts, marks[level & 3], msg);
     fflush(fp);
 }

@@ -56,15 +56,15 @@ struct repl_peer {
 
 /* The TCP replication stream (net/repl_tcp.c): every message starts with this header. */
 enum wire_type {
-    WIRE_DATA = 1,    /* master: len raw log bytes of shard from pos follow */
-    WIRE_COMMIT = 2,  /* master: shard's bytes below pos were intact when sent: publish them */
-    WIRE_RESET = 3,   /* master, full sync: shard's log starts at pos */
-    WIRE_WALKEND = 4, /* master, full sync: shard's walk ended at pos */
-    WIRE_PING = 5,    /* master: keep-alive */
+    WIRE_DATA = 1,      /* master: len raw log bytes of shard from pos follow */
+    WIRE_COMMIT = 2,    /* master: shard's bytes below pos were intact when sent: publish them */
+    WIRE_RESET = 3,     /* master, full sync: shard's log starts at pos */
+    WIRE_WALKEND = 4,   /* master, full sync: shard's walk ended at pos */
+    WIRE_PING = 5,      /* master: keep-alive */
     WIRE_WALKSTART = 6, /* master: a walk asked for by the replica (for its own replicas)
                          * starts at pos in shard's log, in the stream it already follows */
-    WIRE_ACK = 16,    /* replica: shard = nshards, pos = walks it asked for (a counter), then
-                       * per shard u64 received, u64 applied */
+    WIRE_ACK = 16,      /* replica: shard = nshards, pos = walks it asked for (a counter), then
+                         * per shard u64 received, u64 applied */
 };
 struct wire_hdr {
     uint32_t magic;
@@ -100,14 +100,14 @@ struct repl_state {
     int64_t next_try_ms;
     int backoff_ms;
     struct repl_req *pending; /* REPLICAOF from a worker, for the main thread */
-    uint64_t full_syncs;    /* replica: full syncs it took (replica_full_syncs) */
-    uint64_t partial_syncs; /* replica: partial resyncs its master accepted */
-    bool follow_tcp;    /* use TCP whatever repl-transport says (after a FAILOVER to a TCP replica) */
-    bool log_valid;     /* our data is exactly what our log's history (replid, tails) says:
-                         * a PSYNC may offer it (false during a full sync, after a shm one) */
-    bool log_is_copy;   /* our log is a copy of replid's (TCP replica), positions and all */
-    bool tcp_link;      /* the current link is TCP (main thread; INFO reads it relaxed) */
-    int rx_lost;        /* the replication thread lost the TCP link to the master */
+    uint64_t full_syncs;      /* replica: full syncs it took (replica_full_syncs) */
+    uint64_t partial_syncs;   /* replica: partial resyncs its master accepted */
+    bool follow_tcp;  /* use TCP whatever repl-transport says (after a FAILOVER to a TCP replica) */
+    bool log_valid;   /* our data is exactly what our log's history (replid, tails) says:
+                       * a PSYNC may offer it (false during a full sync, after a shm one) */
+    bool log_is_copy; /* our log is a copy of replid's (TCP replica), positions and all */
+    bool tcp_link;    /* the current link is TCP (main thread; INFO reads it relaxed) */
+    int rx_lost;      /* the replication thread lost the TCP link to the master */
     int64_t link_up_ms; /* when the current link came up */
     /* both: the previous replication id and, per shard, the position up to which this log is
      * that id's log (after a promotion), for partial resyncs of the old master's replicas */
@@ -125,7 +125,11 @@ struct repl_state {
      * thread passes on in its acks), since only the master's workers can walk */
     uint32_t walk_upstream;
     int drop_shm_peers;
-    uint64_t last_offset; /* replica: what it had applied when a shm link went down (INFO) */ /* our log was reset by a full sync: same-host replicas must resync */
+    uint64_t last_offset;
+    /* replica: what it had applied when a shm link went down (INFO) */ /* our log was reset by
+                                                                           a full sync:
+                                                                           same-host replicas
+                                                                           must resync */
     uint64_t sync_full, sync_partial_ok, sync_partial_err;
 };
 
@@ -190,9 +194,9 @@ struct repl_link {
     int master_workers;
     int master_efds[CTL_MAX_WORKERS];
     int32_t master_pid;
-    bool self;    /* TCP: log and ctl are this server's own (a copy the receiver writes) */
-    bool partial; /* TCP: a partial resync: keep the data */
-    int tcp_fd;   /* TCP: the socket, handed to the replication thread */
+    bool self;      /* TCP: log and ctl are this server's own (a copy the receiver writes) */
+    bool partial;   /* TCP: a partial resync: keep the data */
+    int tcp_fd;     /* TCP: the socket, handed to the replication thread */
     uint64_t epoch; /* repl.link_epoch when it was published */
     struct repl_link *next_retired;
 };

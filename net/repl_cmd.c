@@ -81,9 +81,8 @@ static void info_master(struct buf *b)
                    "slave%d:ip=%s,port=%d,state=%s,offset=%llu,lag=%lld,transport=%s,pid=%d,"
                    "lag_bytes=%llu,lag_us=%lld\r\n",
                    i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
-                   (unsigned long long)off, (long long)((now - hb) / 1000),
-                   p->tcp ? "tcp" : "shm", (int)p->pid,
-                   (unsigned long long)(moff > off ? moff - off : 0),
+                   (unsigned long long)off, (long long)((now - hb) / 1000), p->tcp ? "tcp" : "shm",
+                   (int)p->pid, (unsigned long long)(moff > off ? moff - off : 0),
                    (long long)(moff > off ? (now - (int64_t)__atomic_load_n(&p->behind_since_ms,
                                                                             __ATOMIC_RELAXED)) *
                                                 1000
@@ -114,7 +113,7 @@ static void info_replica(struct buf *b, struct worker *w)
     /* With the link down, what this replica holds: its own log and what its workers applied
      * of it (TCP), or what it had applied when the link went down (shared memory). */
     bool copy = REPL_GET(repl.log_is_copy);
-    uint64_t off = L                ? slot_offset(&L->ctl, L->slot)
+    uint64_t off = L                      ? slot_offset(&L->ctl, L->slot)
                    : copy && repl.ctl.hdr ? slot_offset(&repl.ctl, CTL_SELF)
                                           : REPL_GET(repl.last_offset);
     uint64_t rd = (L && L->self) || (!L && copy) ? master_offset() : off;
@@ -153,8 +152,7 @@ static void info_replica(struct buf *b, struct worker *w)
                (unsigned long long)REPL_GET(repl.full_syncs),
                (unsigned long long)REPL_GET(repl.partial_syncs));
     uint64_t ns, p50 = repl_lag_percentile(0.50, &ns), p99 = repl_lag_percentile(0.99, &ns);
-    buf_printf(b,
-               "apply_lag_samples:%llu\r\napply_lag_p50_us:%llu\r\napply_lag_p99_us:%llu\r\n",
+    buf_printf(b, "apply_lag_samples:%llu\r\napply_lag_p50_us:%llu\r\napply_lag_p99_us:%llu\r\n",
                (unsigned long long)ns, (unsigned long long)p50, (unsigned long long)p99);
 }
 
@@ -248,8 +246,9 @@ void srv_shminfo(struct conn *c, struct req *req)
     rk_ll2str(size, repl.log.hdr ? (long long)repl.log.hdr->size : 0);
     reply_array(&r, 5);
     /* No Unix socket to offer (none, or this server is a replica): replicas use TCP. */
-    reply_bulk_cstr(&r, repl.unix_fd >= 0 && (!repl_is_replica() || REPL_GET(repl.tcp_link)) ? repl.unix_path
-                                                                                  : "");
+    reply_bulk_cstr(&r, repl.unix_fd >= 0 && (!repl_is_replica() || REPL_GET(repl.tcp_link))
+                            ? repl.unix_path
+                            : "");
     reply_bulk_cstr(&r, id);
     reply_bulk_cstr(&r, n);
     reply_bulk_cstr(&r, pid);

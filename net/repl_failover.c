@@ -100,8 +100,8 @@ void srv_failover(struct conn *c, struct req *req)
         if (rk_eqi(a->p, a->len, "to") && i + 2 < req->argc && !rq.host[0]) {
             const struct arg *h = &req->argv[i + 1], *p = &req->argv[i + 2];
             long long port;
-            if (h->len == 0 || h->len >= sizeof(rq.host) ||
-                rk_str2ll(p->p, p->len, &port) < 0 || port <= 0 || port > 65535) {
+            if (h->len == 0 || h->len >= sizeof(rq.host) || rk_str2ll(p->p, p->len, &port) < 0 ||
+                port <= 0 || port > 65535) {
                 err = "ERR Invalid host or port";
                 break;
             }
@@ -159,7 +159,8 @@ void srv_failover(struct conn *c, struct req *req)
             __atomic_store_n(&repl.writes_paused, 1, __ATOMIC_RELEASE);
             struct repl_failover *p = rk_malloc(sizeof(*p));
             *p = rq;
-            struct repl_failover *old = __atomic_exchange_n(&repl.failover_req, p, __ATOMIC_ACQ_REL);
+            struct repl_failover *old =
+                __atomic_exchange_n(&repl.failover_req, p, __ATOMIC_ACQ_REL);
             rk_free(old);
         }
     }

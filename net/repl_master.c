@@ -34,8 +34,8 @@
 struct repl_state repl = {.unix_fd = -1};
 
 #define HEARTBEAT_TIMEOUT_MS 3000
-#define WALK_SLICE 256 /* entries of one shard in one go */
-#define WALK_PASS 1024 /* entries of all the worker's shards in one loop pass */
+#define WALK_SLICE 256      /* entries of one shard in one go */
+#define WALK_PASS 1024      /* entries of all the worker's shards in one loop pass */
 #define WALK_PERIOD_US 2000 /* and such a pass at most this often */
 
 /* ---- the log ------------------------------------------------------------------------------ */
@@ -549,8 +549,8 @@ void repl_master_pass(struct worker *w)
     w->walk_throttled = false;
     /* A pass walks at most WALK_PASS entries in all (about a millisecond), taking the shards
      * in turn, so that a full sync never holds the requests of a pass back for long. */
-    uint32_t own = (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) /
-                   (uint32_t)srv.nworkers;
+    uint32_t own =
+        (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) / (uint32_t)srv.nworkers;
     uint64_t budget = WALK_PASS;
     /* And at most one pass in WALK_PERIOD_US walks: between slices the worker sleeps (its
      * timer ticks every millisecond while it walks), so the walk takes about half a CPU and
@@ -681,9 +681,8 @@ static void psync_answer(struct repl_psync *ps)
     setsockopt(ps->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
     int one = 1;
     setsockopt(ps->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    rk_log(RK_LOG_NOTICE, "Replica %s:%d asks for synchronization over TCP (slot %d): %s",
-           ps->addr, ps->port, k,
-           cont ? "partial resync accepted" : "full resync (walking the shards)");
+    rk_log(RK_LOG_NOTICE, "Replica %s:%d asks for synchronization over TCP (slot %d): %s", ps->addr,
+           ps->port, k, cont ? "partial resync accepted" : "full resync (walking the shards)");
     repl_tcp_add_replica(ps->fd, k, !cont, ps->pos);
 }
 

@@ -117,15 +117,16 @@ struct shminfo {
     long long ring_size;
 };
 
-static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
+/* A connection to the master's port, authenticated with masterauth if set.  fd or -1. */
+static int connect_master(char *why, size_t wcap)
 {
     int fd = tcp_connect(repl.master_host, repl.master_port);
     if (fd < 0) {
         snprintf(why, wcap, "can't connect to %.200s:%d", repl.master_host, repl.master_port);
         return -1;
     }
-    char line[512];
     if (cfg.masterauth[0]) {
+        char line[512];
         const char *a[] = {"AUTH", cfg.masterauth};
         if (send_cmd(fd, 2, a) < 0 || read_line(fd, line, sizeof(line)) < 0 || line[0] != '+') {
             snprintf(why, wcap, "AUTH to the master failed");
@@ -133,6 +134,15 @@ static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
             return -1;
         }
     }
+    return fd;
+}
+
+static int fetch_shminfo(struct shminfo *si, char *why, size_t wcap)
+{
+    int fd = connect_master(why, wcap);
+    if (fd < 0)
+        return -1;
+    char line[512];
     const char *c[] = {"RINGKV.SHMINFO"};
     char v[5][256];
     int ok = send_cmd(fd, 1, c) == 0 && read_line(fd, line, sizeof(line)) == 0;
@@ -336,32 +346,20 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
         snprintf(why, wcap,
                  "the master has %ld shards and a %lld-byte repl-ring-size, this server %u and "
                  "%llu: restart this replica with --replicaof to adopt them",
-                 si->nshards, si->ring_size, srv.nshards,
-                 (unsigned long long)repl.log.hdr->size);
+                 si->nshards, si->ring_size, srv.nshards, (unsigned long long)repl.log.hdr->size);
         return NULL;
     }
-    int fd = tcp_connect(repl.master_host, repl.master_port);
-    if (fd < 0) {
-        snprintf(why, wcap, "can't connect to %.200s:%d", repl.master_host, repl.master_port);
+    int fd = connect_master(why, wcap);
+    if (fd < 0)
         return NULL;
-    }
     char line[512];
-    if (cfg.masterauth[0]) {
-        const char *a[] = {"AUTH", cfg.masterauth};
-        if (send_cmd(fd, 2, a) < 0 || read_line(fd, line, sizeof(line)) < 0 || line[0] != '+') {
-            snprintf(why, wcap, "AUTH to the master failed");
-            close(fd);
-            return NULL;
-        }
-    }
     /* RINGKV.PSYNC replid shards ring-size port pos... */
     uint32_t n = srv.nshards;
     size_t cap = 128 + (size_t)n * 32;
     char *cmd = rk_malloc(cap);
     char num[32];
     size_t len = (size_t)snprintf(cmd, cap, "*%u\r\n$12\r\nRINGKV.PSYNC\r\n", 5 + n);
-#define ARG(str)                                                                                   \
-    len += (size_t)snprintf(cmd + len, cap - len, "$%zu\r\n%s\r\n", strlen(str), str)
+#define ARG(str) len += (size_t)snprintf(cmd + len, cap - len, "$%zu\r\n%s\r\n", strlen(str), str)
     ARG(held_replid());
     snprintf(num, sizeof(num), "%u", n);
     ARG(num);
@@ -831,8 +829,8 @@ void repl_replica_pass(struct worker *w)
         }
         if (pos != w->rpos[i]) {
             /* Samples count once the full sync is over: the lag of the live stream. */
-            if (pos == goal && goal_ns && !__atomic_load_n(&repl.sync_in_progress,
-                                                           __ATOMIC_RELAXED))
+            if (pos == goal && goal_ns &&
+                !__atomic_load_n(&repl.sync_in_progress, __ATOMIC_RELAXED))
                 lag_sample(w, rk_mono_ns() - goal_ns);
             w->rpos[i] = pos;
             __atomic_store_n(&ctl_applied(&L->ctl, k)[s], pos, __ATOMIC_RELEASE);

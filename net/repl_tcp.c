@@ -82,29 +82,29 @@ enum { UDT_EVENT = 1, UDT_TXSEND, UDT_TXRECV, UDT_RXRECV, UDT_RXSEND, UDT_IGNORE
 struct tx {
     struct tx *next;
     int fd, slot;
-    bool zc;          /* zero-copy sends are worth it (not over loopback, where the kernel
-                       * copies anyway and only reports later) */
-    bool walking;     /* a walk for it is under way (its full sync, or one it asked for) */
+    bool zc;           /* zero-copy sends are worth it (not over loopback, where the kernel
+                        * copies anyway and only reports later) */
+    bool walking;      /* a walk for it is under way (its full sync, or one it asked for) */
     uint32_t walk_gen; /* walks the replica asked for, as last seen (UINT32_MAX: no ACK yet) */
     bool walk_pending; /* it asked for one while another was under way */
-    bool dead;        /* cut: waiting for in-flight operations before closing */
-    const char *why;  /* why it was cut */
-    int ops;          /* operations in flight */
-    uint64_t *sent;   /* per shard: next position to send */
-    uint64_t *verify; /* per shard: verified, COMMIT not sent yet (0 = none) */
+    bool dead;         /* cut: waiting for in-flight operations before closing */
+    const char *why;   /* why it was cut */
+    int ops;           /* operations in flight */
+    uint64_t *sent;    /* per shard: next position to send */
+    uint64_t *verify;  /* per shard: verified, COMMIT not sent yet (0 = none) */
     uint8_t *started, *walkend_sent, *walkstart_sent;
     uint32_t rr; /* shard to start the next batch at */
     /* the batch in flight */
     bool sending;
-    int notifs;             /* zero-copy notifications still to come */
-    struct wire_hdr *hdrs;  /* MAX_IOV headers */
-    struct iovec *iov;      /* MAX_IOV */
-    int niov, iov_at;       /* iovecs, and the first one not fully sent */
+    int notifs;            /* zero-copy notifications still to come */
+    struct wire_hdr *hdrs; /* MAX_IOV headers */
+    struct iovec *iov;     /* MAX_IOV */
+    int niov, iov_at;      /* iovecs, and the first one not fully sent */
     struct msghdr mh;
     struct chunk {
         uint32_t s;
         uint64_t from, to;
-    } *chunks;
+    } * chunks;
     int nchunks;
     /* acks */
     char *rbuf; /* room for two ACKs */
@@ -122,8 +122,8 @@ struct rx {
     char *buf;
     size_t len, off;
     bool recv_armed;
-    uint64_t *recv; /* per shard: end of what was written into our log */
-    uint64_t *pub;  /* per shard: published (committed) end */
+    uint64_t *recv;      /* per shard: end of what was written into our log */
+    uint64_t *pub;       /* per shard: published (committed) end */
     uint64_t *walkstart; /* per shard: a walk's start + 1 not yet handed out (0: none) */
     uint64_t *walkend;   /* per shard: its end + 1, handed out after the start */
     uint8_t *started;
@@ -146,11 +146,11 @@ static struct {
     struct io_uring ring;
     int efd;
     uint64_t eval;
-    pthread_mutex_t mu;   /* guards the hand-over fields below (main thread <-> this one) */
-    struct tx *tx_new;    /* sessions handed over, not yet started */
-    int rx_new_fd;        /* upstream socket handed over, -1 if none */
+    pthread_mutex_t mu; /* guards the hand-over fields below (main thread <-> this one) */
+    struct tx *tx_new;  /* sessions handed over, not yet started */
+    int rx_new_fd;      /* upstream socket handed over, -1 if none */
     bool rx_new_full;
-    bool rx_stop;         /* main thread: drop the upstream link */
+    bool rx_stop; /* main thread: drop the upstream link */
     struct tx *txs;
     struct rx *rx;
     bool zc_ok;
@@ -489,6 +489,18 @@ static void tx_batch_done(struct tx *t)
     t->nchunks = 0;
 }
 
+/* Send what is left of the batch, from iovec iov_at on, by copy. */
+static void tx_send_rest(struct tx *t)
+{
+    t->mh =
+        (struct msghdr){.msg_iov = t->iov + t->iov_at, .msg_iovlen = (size_t)(t->niov - t->iov_at)};
+    struct io_uring_sqe *sqe = sqe_get();
+    io_uring_prep_sendmsg(sqe, t->fd, &t->mh, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, UDT(t, UDT_TXSEND));
+    t->sending = true;
+    t->ops++;
+}
+
 static void tx_on_send(struct tx *t, struct io_uring_cqe *cqe)
 {
     if (cqe->flags & IORING_CQE_F_NOTIF) {
@@ -509,13 +521,7 @@ static void tx_on_send(struct tx *t, struct io_uring_cqe *cqe)
         if (T.zc_ok && !(cqe->flags & IORING_CQE_F_MORE)) {
             T.zc_ok = false; /* no zero-copy here: resend the batch by copy */
             rk_log(RK_LOG_NOTICE, "zero-copy send not available: replication sends by copy");
-            t->mh = (struct msghdr){.msg_iov = t->iov + t->iov_at,
-                                    .msg_iovlen = (size_t)(t->niov - t->iov_at)};
-            struct io_uring_sqe *sqe = sqe_get();
-            io_uring_prep_sendmsg(sqe, t->fd, &t->mh, MSG_NOSIGNAL);
-            io_uring_sqe_set_data64(sqe, UDT(t, UDT_TXSEND));
-            t->sending = true;
-            t->ops++;
+            tx_send_rest(t);
             return;
         }
     }
@@ -530,13 +536,7 @@ static void tx_on_send(struct tx *t, struct io_uring_cqe *cqe)
         /* Short send: the rest, from where it stopped. */
         t->iov[t->iov_at].iov_base = (char *)t->iov[t->iov_at].iov_base + left;
         t->iov[t->iov_at].iov_len -= left;
-        t->mh = (struct msghdr){.msg_iov = t->iov + t->iov_at,
-                                .msg_iovlen = (size_t)(t->niov - t->iov_at)};
-        struct io_uring_sqe *sqe = sqe_get();
-        io_uring_prep_sendmsg(sqe, t->fd, &t->mh, MSG_NOSIGNAL);
-        io_uring_sqe_set_data64(sqe, UDT(t, UDT_TXSEND));
-        t->sending = true;
-        t->ops++;
+        tx_send_rest(t);
         return;
     }
     if (!t->notifs)
@@ -651,7 +651,8 @@ static uint64_t slowest(uint32_t s)
 {
     uint64_t low = self_applied(s);
     for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
-        if (!local_syncing(k) || !__atomic_load_n(&ctl_start_set(&repl.ctl, k)[s], __ATOMIC_ACQUIRE))
+        if (!local_syncing(k) ||
+            !__atomic_load_n(&ctl_start_set(&repl.ctl, k)[s], __ATOMIC_ACQUIRE))
             continue;
         uint64_t a = __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
         uint64_t st = ctl_sync_start(&repl.ctl, k)[s];
@@ -784,7 +785,7 @@ static bool rx_parse(struct rx *r)
             for (struct tx *t = T.txs; t; t = t->next)
                 tx_cut(t, "this server started a full sync with its master");
             __atomic_store_n(&repl.drop_shm_peers, 1, __ATOMIC_RELEASE); /* and the main
-                                                                         * thread drops ours */
+                                                                          * thread drops ours */
             ring_reset(&repl.log, s, h.pos);
             r->recv[s] = r->pub[s] = h.pos;
             ctl_sync_start(&repl.ctl, CTL_SELF)[s] = h.pos;
@@ -840,33 +841,40 @@ static void rx_arm_recv(struct rx *r)
     r->ops++;
 }
 
-static void rx_send_ack(struct rx *r, int64_t now)
+/* The ACK's body (into p, when not NULL): per shard received and applied; returns a sum that
+ * changes whenever either does, or the walks we ask for. */
+static uint64_t ack_state(struct rx *r, char *p)
 {
-    if (r->dead || r->ack_inflight)
-        return;
     uint64_t sum = 0;
-    uint32_t n = srv.nshards;
-    char *p = r->abuf + sizeof(struct wire_hdr);
-    for (uint32_t s = 0; s < n; s++) {
-        uint64_t rc = r->pub[s], a = __atomic_load_n(&ctl_applied(&repl.ctl, CTL_SELF)[s],
-                                                     __ATOMIC_ACQUIRE);
+    for (uint32_t s = 0; s < srv.nshards; s++) {
+        uint64_t rc = r->pub[s],
+                 a = __atomic_load_n(&ctl_applied(&repl.ctl, CTL_SELF)[s], __ATOMIC_ACQUIRE);
         if (!r->started[s])
             rc = a = 0;
         if (a > rc)
             a = rc;
-        memcpy(p + 16 * s, &rc, 8);
-        memcpy(p + 16 * s + 8, &a, 8);
+        if (p) {
+            memcpy(p + 16 * s, &rc, 8);
+            memcpy(p + 16 * s + 8, &a, 8);
+        }
         sum += rc * 3 + a;
     }
+    return sum + __atomic_load_n(&repl.walk_upstream, __ATOMIC_ACQUIRE);
+}
+
+static void rx_send_ack(struct rx *r, int64_t now)
+{
+    if (r->dead || r->ack_inflight)
+        return;
     uint32_t gen = __atomic_load_n(&repl.walk_upstream, __ATOMIC_ACQUIRE);
-    sum += gen;
+    uint64_t sum = ack_state(r, r->abuf + sizeof(struct wire_hdr));
     if (sum == r->acked_sum && now - r->last_ack_ms < ACK_MS)
         return;
     struct wire_hdr h = {.magic = WIRE_MAGIC,
                          .type = WIRE_ACK,
-                         .shard = n,
+                         .shard = srv.nshards,
                          .pos = gen,
-                         .len = (uint32_t)(16 * (size_t)n)};
+                         .len = (uint32_t)(16 * (size_t)srv.nshards)};
     memcpy(r->abuf, &h, sizeof(h));
     r->acked_sum = sum;
     r->last_ack_ms = now;
@@ -879,17 +887,7 @@ static void rx_send_ack(struct rx *r, int64_t now)
 
 static bool rx_acks_due(struct rx *r)
 {
-    uint64_t sum = 0;
-    for (uint32_t s = 0; s < srv.nshards; s++) {
-        uint64_t rc = r->pub[s], a = __atomic_load_n(&ctl_applied(&repl.ctl, CTL_SELF)[s],
-                                                     __ATOMIC_ACQUIRE);
-        if (!r->started[s])
-            rc = a = 0;
-        if (a > rc)
-            a = rc;
-        sum += rc * 3 + a;
-    }
-    return sum + __atomic_load_n(&repl.walk_upstream, __ATOMIC_ACQUIRE) != r->acked_sum;
+    return ack_state(r, NULL) != r->acked_sum;
 }
 
 /* ---- the loop ----------------------------------------------------------------------------- */

@@ -166,13 +166,13 @@ struct worker {
     uint64_t repl_last_end;  /* log position after the last append */
     struct repl_walk *walks; /* per own shard (index s / nworkers) */
     uint32_t walk_seen;
-    uint32_t walk_rr; /* own shard (index) the next walk slice starts at */
-    bool walk_paced;     /* walking: the timer ticks every millisecond */
+    uint32_t walk_rr;     /* own shard (index) the next walk slice starts at */
+    bool walk_paced;      /* walking: the timer ticks every millisecond */
     int64_t walk_next_us; /* the next walk slice is not before this time */
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;
-    uint64_t passes; /* loop passes (relaxed): FAILOVER waits for every worker to make some */
+    uint64_t passes;   /* loop passes (relaxed): FAILOVER waits for every worker to make some */
     uint64_t *rpos;    /* replica: per own shard, next log position to apply */
     uint8_t *rstarted; /* replica: per own shard, rpos is valid */
     char *rbuf;        /* replica: record copy buffer */

@@ -1,7 +1,7 @@
 /*
  * ctl: create and map the control region (see ctl.h).  Layout: struct ctl_hdr on the first
- * page, then CTL_MAX_REPLICAS slots (and the self slot), each a struct ctl_slot followed by its five per-shard
- * arrays, rounded up to a cache line.
+ * page, then CTL_MAX_REPLICAS slots (and the self slot), each a struct ctl_slot followed by its
+ * five per-shard arrays, rounded up to a cache line.
  */
 #include "shm/ctl.h"
 #include "shm/ring.h"
