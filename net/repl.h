@@ -131,6 +131,7 @@ struct repl_state {
                                                                            same-host replicas
                                                                            must resync */
     uint64_t sync_full, sync_partial_ok, sync_partial_err;
+    uint64_t zc_sends; /* batches sent with IORING_OP_SENDMSG_ZC */
 };
 
 enum failover_state { FO_NONE = 0, FO_WAIT_SYNC = 1, FO_IN_PROGRESS = 2 };

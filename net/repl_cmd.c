@@ -97,14 +97,15 @@ static void info_master(struct buf *b)
                "repl_backlog_size:%llu\r\nrepl_backlog_first_byte_offset:0\r\n"
                "repl_backlog_histlen:%llu\r\nsync_mode:%s\r\nsync_replicas:%lld\r\n"
                "sync_timeouts:%llu\r\nsync_full:%llu\r\nsync_partial_ok:%llu\r\n"
-               "sync_partial_err:%llu\r\n",
+               "sync_partial_err:%llu\r\nrepl_zerocopy_sends:%llu\r\n",
                (unsigned long long)moff, repl_logging() ? 1 : 0,
                (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
                (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
                (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED),
                (unsigned long long)REPL_GET(repl.sync_full),
                (unsigned long long)REPL_GET(repl.sync_partial_ok),
-               (unsigned long long)REPL_GET(repl.sync_partial_err));
+               (unsigned long long)REPL_GET(repl.sync_partial_err),
+               (unsigned long long)REPL_GET(repl.zc_sends));
 }
 
 static void info_replica(struct buf *b, struct worker *w)

@@ -513,6 +513,8 @@ static void tx_on_send(struct tx *t, struct io_uring_cqe *cqe)
     if (cqe->flags & IORING_CQE_F_MORE) {
         t->notifs++; /* a notification follows; it counts as an operation in flight */
         t->ops++;
+        if (cqe->res > 0)
+            REPL_INC(repl.zc_sends); /* a zero-copy send went out */
     }
     t->sending = false;
     t->ops--;

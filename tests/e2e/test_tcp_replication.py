@@ -1061,8 +1061,11 @@ class TcpNetworkNamespace(TcpCase):
         rx, hx, d = self.retrans(ns), self.retrans(), self.qdisc_drops()
         print("\n    netns link (%s): %d packets dropped by the qdiscs, TCP segments "
               "retransmitted: %d on the host side, %d in the namespace; master sync_full %s, "
-              "sync_partial_ok %s" % (impairment, d - d0, hx - hx0, rx - rx0, mi["sync_full"],
-                                      mi["sync_partial_ok"]), flush=True)
+              "sync_partial_ok %s, zero-copy sends %s" % (
+                  impairment, d - d0, hx - hx0, rx - rx0, mi["sync_full"],
+                  mi["sync_partial_ok"], mi["repl_zerocopy_sends"]), flush=True)
+        # Not loopback: large batches (the full sync's) go out by IORING_OP_SENDMSG_ZC.
+        self.assertGreater(int(mi["repl_zerocopy_sends"]), 0)
 
 
 class TcpGarbage(TcpCase):
