@@ -433,9 +433,11 @@ class TcpCase(ReplicationCase):
     def wait_caught_up(self, mc, rcs, timeout=20):
         """Digests equal and every replica's applied offset equal to the master's."""
         d = self.wait_equal(mc, rcs, timeout * SLOW)
-        moff = info(mc)["master_repl_offset"]
-        wait_until(lambda: all(info(c)["slave_repl_offset"] == moff for c in rcs),
-                   5 * SLOW, "replica offsets equal to the master's %s" % moff)
+        # The master's offset is read again on every poll: keys set with PX go on expiring
+        # (DEL records) after the load has stopped.
+        wait_until(lambda: all(info(c)["slave_repl_offset"] == info(mc)["master_repl_offset"]
+                               for c in rcs),
+                   5 * SLOW, "replica offsets equal to the master's")
         return d
 
     def promote(self, rc):
