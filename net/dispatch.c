@@ -184,6 +184,18 @@ static unsigned name_hash(const char *s, size_t len)
     return h;
 }
 
+/* The keyspace functions of write commands only (none of them also serves a read). */
+static ks_cmd_fn *write_fns[RK_ARRAY_LEN(commands)];
+static size_t nwrite_fns;
+
+static bool is_write_fn(ks_cmd_fn *fn)
+{
+    for (size_t i = 0; i < nwrite_fns; i++)
+        if (write_fns[i] == fn)
+            return true;
+    return false;
+}
+
 void dispatch_init(void)
 {
     _Static_assert(RK_ARRAY_LEN(commands) < LOOKUP_SLOTS / 2, "grow LOOKUP_SLOTS");
@@ -193,6 +205,17 @@ void dispatch_init(void)
         while (lookup[h % LOOKUP_SLOTS])
             h++;
         lookup[h % LOOKUP_SLOTS] = &commands[i];
+    }
+    nwrite_fns = 0;
+    for (size_t i = 0; i < RK_ARRAY_LEN(commands); i++) {
+        ks_cmd_fn *fn = commands[i].ks;
+        if (!fn || !(commands[i].flags & CMD_WRITE) || is_write_fn(fn))
+            continue;
+        bool reads = false;
+        for (size_t j = 0; j < RK_ARRAY_LEN(commands); j++)
+            reads |= commands[j].ks == fn && !(commands[j].flags & CMD_WRITE);
+        if (!reads)
+            write_fns[nwrite_fns++] = fn;
     }
 }
 
@@ -221,6 +244,12 @@ const struct cmd_spec *dispatch_lookup(const char *name, size_t len)
 void dispatch_ks_run(struct worker *w, uint32_t shard, uint64_t hash, ks_cmd_fn *fn, int argc,
                      const struct arg *argv, struct reply *r)
 {
+    /* A write admitted on another worker just before this server became a replica must not
+     * run here unlogged: refuse it as the admitting worker would now. */
+    if (repl_is_replica() && is_write_fn(fn)) {
+        reply_error(r, "READONLY You can't write against a read only replica.");
+        return;
+    }
     struct ks_ctx ctx = {
         .shard = srv.shards[shard],
         .hash = hash,
