@@ -62,23 +62,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402  (the RESP client, Server, preload and helpers)
-from suite import Conn, RespError, info_fields, log, fmt_us  # noqa: E402
+from suite import Conn, RespError, env_float, env_int, info_fields, log, fmt_us  # noqa: E402
 
 REPO = suite.REPO
 SYNC_TIMEOUT = 60.0      # a full sync not done within this fails the run
 LOAD_CAP_S = 60          # ringkv-bench --duration: only an upper bound, SIGINT stops it
 DETACH_TIMEOUT = 10.0    # the master must list no replica this long after one stopped
 POLL_S = 0.002
-
-
-def env_float(name, default):
-    v = os.environ.get(name, "")
-    return float(v) if v else default
-
-
-def env_int(name, default):
-    v = os.environ.get(name, "")
-    return int(v) if v else default
 
 
 class PacedProbe(threading.Thread):

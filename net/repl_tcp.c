@@ -805,7 +805,7 @@ static bool rx_parse(struct rx *r)
             hand_out_walkstart(r, s);
             break;
         case WIRE_WALKEND:
-            if (!r->started[s]) {
+            if (!r->started[s] || (h.pos & (RING_ALIGN - 1)) || h.pos > r->recv[s] + size) {
                 rx_cut(r, "an unexpected WALKEND");
                 return published;
             }

@@ -675,9 +675,11 @@ static void *worker_main(void *arg)
         unsigned head, n = 0;
         w->now_ms = rk_now_ms();
         ring_set_clock(rk_mono_ns());
-        /* A replication link that changed is dealt with before any request of this pass: a
-         * promoted replica applies what its log still holds before it takes a write. */
-        if (w->link || __atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE) != w->link_epoch_seen)
+        /* A replica applies its master's log before the requests of the pass; a link that
+         * changed is dealt with first too, so that a promoted replica applies what its log
+         * still holds before it takes a write. */
+        if (repl_is_replica() || w->link ||
+            __atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE) != w->link_epoch_seen)
             repl_replica_pass(w);
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
@@ -687,9 +689,7 @@ static void *worker_main(void *arg)
         io_uring_cq_advance(&w->ring, n);
         __atomic_store_n(&w->passes, w->passes + 1, __ATOMIC_RELAXED);
         drain_xrings(w);
-        if (repl_is_replica())
-            repl_replica_pass(w);
-        else {
+        if (!repl_is_replica()) {
             repl_master_pass(w);
             sync_progress(w);
         }

@@ -89,6 +89,7 @@ class _Process:
     """A server process with its stdout and stderr captured to files in a temp dir."""
 
     name = "server"
+    host = "127.0.0.1"  # where wait_ready finds it
 
     def __init__(self):
         self.proc = None
@@ -128,7 +129,7 @@ class _Process:
                     self.name, self.proc.returncode, self.stdout().decode(errors="replace"),
                     self.stderr().decode(errors="replace")))
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                with socket.create_connection((self.host, self.port), timeout=1.0) as s:
                     s.settimeout(2.0)
                     s.sendall(b"*1\r\n$4\r\nPING\r\n")
                     # With requirepass, NOAUTH also says the server is up.
@@ -137,8 +138,8 @@ class _Process:
             except OSError:
                 pass
             time.sleep(0.02)
-        raise RuntimeError("%s did not answer on port %d within %.0f s" % (
-            self.name, self.port, timeout))
+        raise RuntimeError("%s did not answer on %s:%d within %.0f s" % (
+            self.name, self.host, self.port, timeout))
 
     def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
         """Signal the process by its pid, wait, SIGKILL after timeout.  Returns the exit status

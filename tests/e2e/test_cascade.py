@@ -92,10 +92,12 @@ class Cascade(ReplicationCase):
         for c in (mc, r1c, r2c, r3c, r4c):
             c.close()
 
-    def test_02_promoted_middle_keeps_its_replicas(self):
+    def chain(self, prefix, seed):
+        """A preloaded master, a TCP replica of it and a TCP replica of that, all in sync:
+        (master, its connection, r1's, r2's)."""
         m = self.start()
         mc = Conn(m.port)
-        self.load(mc, "a", 10000, 2)
+        self.load(mc, prefix, 10000, seed)
         r1 = self.start(*tcp(m))
         r1c = Conn(r1.port)
         self.wait_synced(r1c, SYNC_TIMEOUT)
@@ -103,6 +105,10 @@ class Cascade(ReplicationCase):
         r2c = Conn(r2.port)
         self.wait_synced(r2c, SYNC_TIMEOUT)
         self.wait_equal(mc, [r1c, r2c])
+        return m, mc, r1c, r2c
+
+    def test_02_promoted_middle_keeps_its_replicas(self):
+        m, mc, r1c, r2c = self.chain("a", 2)
         self.kill(m)
         wait_until(lambda: info(r1c)["master_link_status"] == "down", 10, "r1's link down")
         r1c.call("REPLICAOF", "NO", "ONE")
@@ -118,16 +124,7 @@ class Cascade(ReplicationCase):
     def test_03_replicas_replica_continues_at_the_top(self):
         """Positions are the top master's all the way down: a replica of a replica,
         repointed at the top master, continues with a partial resync."""
-        m = self.start()
-        mc = Conn(m.port)
-        self.load(mc, "c", 10000, 3)
-        r1 = self.start(*tcp(m))
-        r1c = Conn(r1.port)
-        self.wait_synced(r1c, SYNC_TIMEOUT)
-        r2 = self.start(*tcp(r1))
-        r2c = Conn(r2.port)
-        self.wait_synced(r2c, SYNC_TIMEOUT)
-        self.wait_equal(mc, [r1c, r2c])
+        m, mc, r1c, r2c = self.chain("c", 3)
         before = int(info(mc)["sync_partial_ok"])
         r2c.call("REPLICAOF", "127.0.0.1", str(m.port))
         wait_until(lambda: int(info(r2c)["replica_partial_syncs"]) >= 1, 10,

@@ -201,6 +201,22 @@ class Proxy:
 # ---- a fake master and a fake replica --------------------------------------------------------
 
 
+def recv_some(sock, deadline):
+    """Bytes from sock, b"" when the peer closed (or the socket failed), None past the
+    deadline."""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(min(left, 0.5))
+        try:
+            return sock.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            return b""
+
+
 def read_request(sock, buf, deadline):
     """One RESP multibulk request from sock (buf: bytearray of what was read before).
     Returns the list of arguments, or None on EOF / past the deadline."""
@@ -211,16 +227,7 @@ def read_request(sock, buf, deadline):
             return None
         if v is not None:
             return v
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        sock.settimeout(min(left, 0.5))
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            continue
-        except OSError:
-            return None
+        chunk = recv_some(sock, deadline)
         if not chunk:
             return None
         buf += chunk
@@ -347,16 +354,9 @@ def wait_closed_by_peer(sock, timeout):
     t0 = time.monotonic()
     deadline = t0 + timeout
     while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
+        chunk = recv_some(sock, deadline)
+        if chunk is None:
             return None
-        sock.settimeout(min(left, 0.5))
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            continue
-        except OSError:
-            return time.monotonic() - t0
         if not chunk:
             return time.monotonic() - t0
 
@@ -380,25 +380,6 @@ class HostServer(Server):
         if self.netns:
             a = ["ip", "netns", "exec", self.netns] + a
         return a
-
-    def wait_ready(self, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with %s before it was ready:\n%s\n%s" % (
-                    self.name, self.proc.returncode, self.stdout().decode(errors="replace"),
-                    self.stderr().decode(errors="replace")))
-            try:
-                with socket.create_connection((self.host, self.port), timeout=1.0) as s:
-                    s.settimeout(2.0)
-                    s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                    if s.recv(64)[:6] == b"+PONG\r":
-                        return
-            except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError("%s did not answer on %s:%d within %.0f s" % (
-            self.name, self.host, self.port, timeout))
 
     def conn(self, timeout=10.0):
         return Conn(self.port, timeout=timeout, host=self.host)
