@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,6 +88,25 @@ uint64_t rk_mono_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int rk_cpus_allowed(int *cpus, int max)
+{
+    cpu_set_t set;
+    int n = 0;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        for (int c = 0; c < CPU_SETSIZE && n < max; c++)
+            if (CPU_ISSET(c, &set))
+                cpus[n++] = c;
+    if (n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        for (long c = 0; c < online && n < max; c++)
+            cpus[n++] = (int)c;
+    }
+    if (n == 0 && max > 0)
+        cpus[n++] = 0;
+    return n;
 }
 
 int rk_str2ull(const char *s, size_t len, unsigned long long *out)

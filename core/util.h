@@ -34,6 +34,11 @@ int64_t rk_now_us(void);
 /* Monotonic clock in ns, for intervals and latency. */
 uint64_t rk_mono_ns(void);
 
+/* The CPUs this thread may run on (its affinity mask, as `taskset` or a cgroup's cpuset left
+ * it), ascending, at most max of them, written to cpus; returns how many (at least 1).  Where
+ * the mask can't be read: CPUs 0 .. online-1. */
+int rk_cpus_allowed(int *cpus, int max);
+
 /*
  * String <-> number, with Redis's strictness: no leading spaces, no '+', no leading zeros
  * ("0" alone is fine), no trailing bytes, must fit in the type.  Return 0 on success and -1

@@ -98,7 +98,7 @@ static const struct opt opts[] = {
     {.name = "timeout", .type = OT_INT, .live = true, FIELD(timeout), .min = 0, .max = INT_MAX,
      .def = "0", .arg = "<seconds>", .help = "close clients idle this long; 0 = never"},
     {.name = "threads", .type = OT_INT, FIELD(threads), .min = 1, .max = 1024, .def = NULL,
-     .arg = "<n>", .help = "worker threads, each pinned to a CPU"},
+     .arg = "<n>", .help = "worker threads, each pinned to one of the CPUs the process may use"},
     {.name = "shards", .type = OT_INT, .pow2 = true, FIELD(shards), .min = 1, .max = 65536,
      .def = "64", .rule = "shards must be a power of two between 1 and 65536", .arg = "<n>",
      .help = "keyspace shards, a power of two"},
@@ -393,10 +393,12 @@ static const char *opt_show(const struct opt *o, char *num, size_t *len)
 
 /* ---- defaults -------------------------------------------------------------------------- */
 
-static int online_cpus(void)
+/* The default worker count: the CPUs this process may run on (nproc's answer), so that
+ * `taskset -c 4-7 ringkv-server` starts 4 workers, one on each of those CPUs. */
+static int usable_cpus(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 1024 ? 1024 : (int)n;
+    static int cpus[1024];
+    return rk_cpus_allowed(cpus, 1024);
 }
 
 void config_defaults(void)
@@ -424,7 +426,7 @@ void config_defaults(void)
         rk_assert(e == PE_OK);
         opt_apply(o, &w, 1, v);
     }
-    cfg.threads = online_cpus();
+    cfg.threads = usable_cpus();
     cfg.config_file = rk_strndup("", 0);
     cfg.replicaof = rk_strndup("", 0);
 }
@@ -729,7 +731,7 @@ void config_print_help(FILE *fp)
         char left[64], def[48];
         snprintf(left, sizeof(left), "--%s %s", o->name, o->arg);
         if (!o->def && o->off == offsetof(struct config, threads))
-            snprintf(def, sizeof(def), "online CPUs: %d", online_cpus());
+            snprintf(def, sizeof(def), "usable CPUs: %d", usable_cpus());
         else if (!o->def)
             snprintf(def, sizeof(def), "none");
         else if (!*o->def)

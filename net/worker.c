@@ -625,11 +625,12 @@ static int setup_listeners(struct worker *w)
     return 0;
 }
 
+/* Pin to w->cpu, chosen by workers_start among the CPUs the process may use. */
 static void pin(struct worker *w)
 {
     cpu_set_t set;
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    w->cpu = (int)(w->id % (ncpu > 0 ? ncpu : 1));
+    if (w->cpu < 0)
+        return;
     CPU_ZERO(&set);
     CPU_SET(w->cpu, &set);
     if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0)
@@ -766,6 +767,23 @@ int workers_start(void)
         __atomic_store_n(&workers_ready, -1000000, __ATOMIC_SEQ_CST);
         return -EIO;
     }
+    /* Worker i runs on the i-th CPU this process may use (round robin when there are more
+     * workers than CPUs): under `taskset -c 4-7` the workers stay on 4-7, so a master and a
+     * same-host replica given disjoint CPU sets never share one. */
+    static int cpus[1024];
+    int ncpus = rk_cpus_allowed(cpus, 1024);
+    char list[128];
+    size_t at = 0;
+    list[0] = 0;
+    for (int i = 0; i < W; i++) {
+        srv.workers[i]->cpu = cpus[i % ncpus];
+        if (at < sizeof(list) - 16)
+            at += (size_t)snprintf(list + at, sizeof(list) - at, "%s%d", i ? "," : "",
+                                   srv.workers[i]->cpu);
+        else if (at < sizeof(list) - 4)
+            at += (size_t)snprintf(list + at, sizeof(list) - at, "...");
+    }
+    rk_log(RK_LOG_NOTICE, "workers pinned to CPUs %s (of %d this process may use)", list, ncpus);
     for (int i = 0; i < W; i++) {
         int rc = pthread_create(&srv.workers[i]->thread, NULL, worker_main, srv.workers[i]);
         if (rc != 0) {

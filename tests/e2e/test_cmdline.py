@@ -202,5 +202,61 @@ class Defaults(ServerTestCase):
             self.assertEqual(c.cmd("PING"), b"+PONG\r\n")
             self.assertEqual(c.call("CONFIG", "GET", "bind"), [b"bind", b"127.0.0.1"])
             self.assertEqual(c.call("CONFIG", "GET", "port"), [b"port", b"6379"])
-            ncpu = os.sysconf("SC_NPROCESSORS_ONLN")
+            ncpu = len(os.sched_getaffinity(0))
             self.assertIn("worker_threads:%d\r\n" % ncpu, c.call("INFO", "server").decode())
+
+
+class CpuPlacement(ServerTestCase):
+    """Workers are pinned among the CPUs the process was allowed (taskset, a cpuset), never
+    outside them: a master and a same-host replica given disjoint CPU sets don't share one."""
+
+    def start_on(self, cpus, **kw):
+        # The server inherits this process's affinity mask, as it would taskset's.
+        saved = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cpus)
+        try:
+            return self.start_server(**kw)
+        finally:
+            os.sched_setaffinity(0, saved)
+
+    @staticmethod
+    def task_cpus(pid):
+        out = {}
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        out[int(tid)] = line.split(":", 1)[1].strip()
+        return out
+
+    def test_workers_stay_inside_the_affinity_mask(self):
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < 2:
+            self.skipTest("needs 2 CPUs to leave one out; this process may use %d" % len(allowed))
+        cpu = allowed[-1]
+        # Default thread count: the CPUs allowed (1 here), not the CPUs online.
+        srv = self.start_on({cpu}, threads=None)
+        with Conn(srv.port) as c:
+            self.assertIn("worker_threads:1\r\n", c.call("INFO", "server").decode())
+            self.assertEqual(c.cmd("SET", "k", "v"), b"+OK\r\n")
+        tasks = self.task_cpus(srv.pid)
+        self.assertGreaterEqual(len(tasks), 2, tasks)
+        for tid, lst in tasks.items():
+            self.assertEqual(lst, str(cpu), "thread %d may run on %s" % (tid, lst))
+        self.assertIn("workers pinned to CPUs %d (of 1 this process may use)" % cpu,
+                      srv.stdout().decode())
+
+    def test_more_workers_than_allowed_cpus_share_them(self):
+        allowed = sorted(os.sched_getaffinity(0))
+        if len(allowed) < 2:
+            self.skipTest("needs 2 CPUs to leave one out; this process may use %d" % len(allowed))
+        cpu = allowed[0]
+        srv = self.start_on({cpu}, threads=3)
+        with Conn(srv.port) as c:
+            self.assertIn("worker_threads:3\r\n", c.call("INFO", "server").decode())
+            for i in range(20):
+                self.assertEqual(c.cmd("SET", "k%d" % i, "v"), b"+OK\r\n")
+            self.assertEqual(c.cmd("DBSIZE"), b":20\r\n")
+        for tid, lst in self.task_cpus(srv.pid).items():
+            self.assertEqual(lst, str(cpu), "thread %d may run on %s" % (tid, lst))
+        self.assertIn("workers pinned to CPUs %d,%d,%d " % (cpu, cpu, cpu), srv.stdout().decode())
