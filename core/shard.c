@@ -543,6 +543,27 @@ static size_t tab_find(const struct shard *s, const struct table *t, uint64_t ha
     return NOT_FOUND;
 }
 
+void shard_prefetch(const struct shard *s, uint64_t hash)
+{
+    const struct table *t = &s->cur;
+    size_t i = hash & t->mask;
+    __builtin_prefetch(t->tags + i);
+    __builtin_prefetch(t->slots + i);
+}
+
+void shard_prefetch_entry(const struct shard *s, uint64_t hash)
+{
+    const struct table *t = &s->cur;
+    uint8_t tag = tag_of(hash);
+    size_t i = hash & t->mask;
+    uint64_t match = zero_bytes(tags_word(t, i) ^ (B_ONES * tag));
+    if (!match)
+        return;
+    size_t j = (i + ((size_t)__builtin_ctzll(match) >> 3)) & t->mask;
+    if (t->tags[j] == tag) /* the lowest match is exact; recheck anyway, as tab_find does */
+        __builtin_prefetch(ent_at(s, t, t->slots[j]));
+}
+
 /* Put ref (an entry whose key is not in t) into the first free slot of its probe run. */
 static void tab_insert(struct table *t, uint64_t hash, uint32_t ref)
 {

@@ -69,6 +69,13 @@ struct kv_entry *shard_entry_new(struct shard *s, const char *key, size_t klen, 
 
 /* The entry for key, or NULL.  Ignores expiry. */
 struct kv_entry *shard_get(struct shard *s, uint64_t hash, const char *key, size_t klen);
+/* Hints for a batch of lookups (a replica applying its log): shard_prefetch starts loading
+ * the tag group and slots where hash's probe begins; shard_prefetch_entry, called once those
+ * have had time to arrive, also the entry that the first matching tag names.  Issuing both
+ * for the next few keys before looking any of them up overlaps their cache misses.  Neither
+ * changes anything or faults; both look at the current table only. */
+void shard_prefetch(const struct shard *s, uint64_t hash);
+void shard_prefetch_entry(const struct shard *s, uint64_t hash);
 /* Insert e, or replace the entry with the same key (the old one is freed).  Takes ownership
  * of e, which comes from kv_entry_new or from shard_entry_new(s, ...).  hash is the hash of
  * e's key. */

@@ -548,6 +548,9 @@ void srv_config(struct conn *c, struct req *req)
             __atomic_store_n(&w->ks.keyspace_hits, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&w->ks.keyspace_misses, 0, __ATOMIC_RELAXED);
             __atomic_store_n(&w->ks.expired_keys, 0, __ATOMIC_RELAXED);
+            /* A replica's apply-lag histogram (INFO apply_lag_*) starts over too. */
+            for (int b = 0; b < REPL_LAG_BUCKETS; b++)
+                __atomic_store_n(&w->lag_hist[b], 0, __ATOMIC_RELAXED);
         }
         reply_now_ok(c, req);
     } else if (rk_eqi(sub->p, sub->len, "help") && req->argc == 2) {

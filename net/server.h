@@ -122,6 +122,9 @@ struct conn {
 
 /* Replica apply lag histogram: 10 us buckets below 1 ms, then 1 ms buckets to 100 ms. */
 #define REPL_LAG_BUCKETS 200
+/* A replica reads this many log records ahead of applying them, so that their table lookups'
+ * cache misses overlap (shard_prefetch). */
+#define REPL_APPLY_BATCH 8
 
 /* A full-sync walk of one shard (net/repl_master.c). */
 struct repl_walk {
@@ -175,13 +178,13 @@ struct worker {
     uint64_t passes;   /* loop passes (relaxed): FAILOVER waits for every worker to make some */
     uint64_t *rpos;    /* replica: per own shard, next log position to apply */
     uint8_t *rstarted; /* replica: per own shard, rpos is valid */
-    char *rbuf;        /* replica: record copy buffer */
+    char *rbuf[REPL_APPLY_BATCH]; /* replica: record copy buffers, one per record of a batch */
     void *ssync;       /* per own shard: held replies and commands (net/repl_sync.c) */
     int64_t sync_held; /* entries held in all our shards' queues */
     bool sync_wrote;   /* the command running now changed its shard */
     int64_t last_tick_ms;
     uint64_t lag_hist[REPL_LAG_BUCKETS]; /* replica: apply lag samples (relaxed counters) */
-    size_t rcap;
+    size_t rcap[REPL_APPLY_BATCH];
     int slot_pool_len;
 };
 

@@ -1216,3 +1216,43 @@ Test(shard, slab_entry_of_another_shard_is_refused, .signal = SIGABRT)
     struct kv_entry *e = shard_entry_new(a, "k", 1, "v", 1, KV_NO_EXPIRE);
     shard_put(b, kv_hash("k", 1), e);
 }
+
+static void prefetch_i(struct shard *s, unsigned i)
+{
+    char k[32];
+    uint64_t h = kv_hash(k, key_of(k, i));
+    shard_prefetch(s, h);
+    shard_prefetch_entry(s, h);
+}
+
+/* The prefetch hints read the table (tags, slots, the heap directory) in every state it can
+ * be in: empty, mid-resize, full of tombstones, flushed; under ASan an out-of-bounds read
+ * there is a failure.  They must change nothing. */
+Test(shard, prefetch_hints_read_safely_and_change_nothing)
+{
+    enum { N = 50000 };
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < 64; i++)
+        prefetch_i(s, i); /* empty table */
+    unsigned mid = 0;
+    for (unsigned i = 0; i < N; i++) {
+        prefetch_i(s, i);     /* absent */
+        prefetch_i(s, i / 2); /* present, slab or heap entry */
+        put_i(s, i, KV_NO_EXPIRE);
+        mid += in_resize(s);
+    }
+    cr_assert_gt(mid, 0, "no prefetch ran during a resize");
+    for (unsigned i = 0; i < N; i += 2)
+        cr_assert_eq(del_i(s, i), 1);
+    size_t count = shard_count(s);
+    for (unsigned i = 0; i < 2 * N; i++)
+        prefetch_i(s, i); /* tombstones where the even keys were */
+    cr_assert_eq(shard_count(s), count);
+    for (unsigned i = 0; i < N; i++)
+        cr_assert_eq(has_i(s, i), i % 2 == 1, "key %u", i);
+    shard_flush(s);
+    for (unsigned i = 0; i < 256; i++)
+        prefetch_i(s, i);
+    cr_assert_eq(shard_count(s), 0);
+    shard_free(s);
+}
