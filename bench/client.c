@@ -34,6 +34,19 @@
  * errors) and ends.  Connection failures (refused, reset, EOF, an unparseable stream) end
  * that connection and are counted; the program's exit status reports them.
  *
+ * Pacing (--rate R).  Each thread may issue R/threads requests per second: a connection
+ * ready for its next batch of n builds it only while issued + n <= R/threads * elapsed +
+ * pipeline (one batch of allowance, so the first batch goes at once), issued counting the
+ * thread's SETs and GETs since its start.  Otherwise it waits in a FIFO of parked
+ * connections, and a ready connection joins that queue behind any already in it, so that the
+ * budget goes round fairly.  Each pass releases parked connections, oldest first, while the
+ * budget allows, and while some are parked the wait's timeout is the time until the oldest
+ * is due (or the deadline, where it stops), not the second, so batches leave on time without
+ * spinning.  The budget depends on issued requests, not replies: a slow server still gets
+ * at most the rate, and latency is still measured from each batch's send.  Time with nothing
+ * in flight is not counted towards a stall: a parked connection waits for the clock, not for
+ * the server.  Unpaced, the cost is a flag test per batch and two per pass.
+ *
  * Verify.  Every writer of key k writes the same bytes (keygen.c), so a GET of k must return
  * exactly those bytes or nil.  The shared bitmap gets bit k once a SET of k is acknowledged;
  * a GET records the bit as it is sent.  A nil for a GET sent after an acknowledged SET is a
@@ -118,6 +131,11 @@ struct lg_loop {
     size_t max_line;        /* line protocol: longest reply line accepted */
     struct lg_conn **stamp; /* batches built this pass, stamped before the submit */
     unsigned nstamp;
+    bool paced;              /* --rate given */
+    double pace_ns;          /* paced: ns per request at this thread's share of the rate */
+    struct lg_conn **parked; /* paced: ring of nconns, connections waiting for budget */
+    unsigned park_head;      /* ... index of the oldest */
+    unsigned nparked;
     unsigned verify_reports;
 };
 
@@ -338,10 +356,9 @@ static bool lg_build(struct lg_loop *L, struct lg_conn *c)
     return true;
 }
 
-static void lg_next(struct lg_loop *L, struct lg_conn *c)
+/* Build c's next batch and arm its send (and recv), or retire c if it is to stop. */
+static void lg_issue(struct lg_loop *L, struct lg_conn *c)
 {
-    c->rlen = c->rpos = 0;
-    c->need = 1;
     if (!lg_build(L, c)) {
         c->idle = true;
         L->active--;
@@ -351,6 +368,87 @@ static void lg_next(struct lg_loop *L, struct lg_conn *c)
     lg_arm_send(L, c);
     if (!c->recv_armed)
         lg_arm_recv(L, c, true);
+}
+
+/* ---- pacing (--rate) ---- */
+
+static uint64_t lg_batch_size(const struct lg_loop *L)
+{
+    return L->cfg->pipeline < L->remaining ? L->cfg->pipeline : L->remaining;
+}
+
+/* The first time at which a batch of n more requests fits the budget:
+ * issued + n <= elapsed / pace_ns + pipeline.  Rounded up, so it is never early. */
+static uint64_t lg_pace_due(const struct lg_loop *L, uint64_t n)
+{
+    /* remaining started at the quota (UINT64_MAX when unbounded) and lg_build takes every
+     * batch off it, so the difference is what this thread has issued. */
+    uint64_t ahead = L->t->quota - L->remaining + n;
+    if (ahead <= L->cfg->pipeline)
+        return 0;
+    double off = (double)(ahead - L->cfg->pipeline) * L->pace_ns;
+    if (off >= 1e18) /* a rate so low that the batch is due in decades: never */
+        return UINT64_MAX;
+    return L->t->start_ns + (uint64_t)off + 1;
+}
+
+/* True when a ready connection may go on now: its batch fits the budget, or no batch will be
+ * built anyway (quota spent, deadline passed, stopped), which lg_build then settles. */
+static bool lg_pace_ok(const struct lg_loop *L)
+{
+    uint64_t n = lg_batch_size(L);
+    if (n == 0 || L->now_ns >= L->deadline_ns ||
+        atomic_load_explicit(&L->sh->stop, memory_order_relaxed))
+        return true;
+    return L->now_ns >= lg_pace_due(L, n);
+}
+
+/* Let parked connections go, oldest first, while the budget allows. */
+static void lg_release(struct lg_loop *L)
+{
+    while (L->nparked > 0) {
+        struct lg_conn *c = L->parked[L->park_head];
+        if (!c->dead && !lg_pace_ok(L))
+            break;
+        L->park_head = L->park_head + 1 == L->nconns ? 0 : L->park_head + 1;
+        L->nparked--;
+        if (c->dead) /* failed while parked (the stall detector): already retired */
+            continue;
+        /* The server owes nothing for the time this batch was held back. */
+        L->progress_ns = L->now_ns;
+        lg_issue(L, c);
+    }
+}
+
+/* The wait of a pass with connections parked: until the oldest is due, or until the deadline
+ * if that is sooner (it then stops), and never more than the usual second. */
+static void lg_pace_timeout(const struct lg_loop *L, struct __kernel_timespec *ts)
+{
+    uint64_t due = lg_pace_due(L, lg_batch_size(L));
+    if (due > L->deadline_ns)
+        due = L->deadline_ns;
+    uint64_t now = lg_now_ns();
+    uint64_t wait = due > now ? due - now : 0;
+    if (wait < 1000000000ull) {
+        ts->tv_sec = 0;
+        ts->tv_nsec = (long long)wait;
+    }
+}
+
+/* c has every reply of its batch: send the next one, or park c until the budget allows. */
+static void lg_next(struct lg_loop *L, struct lg_conn *c)
+{
+    c->rlen = c->rpos = 0;
+    c->need = 1;
+    if (L->paced && (L->nparked > 0 || !lg_pace_ok(L))) {
+        /* Behind any already parked, even if the budget would take it: first come, first
+         * served. */
+        unsigned tail = L->park_head + L->nparked;
+        L->parked[tail >= L->nconns ? tail - L->nconns : tail] = c;
+        L->nparked++;
+        return;
+    }
+    lg_issue(L, c);
 }
 
 /* ---- replies ---- */
@@ -594,6 +692,11 @@ static void lg_loop_init(struct lg_loop *L, struct lg_thread *t)
     L->all_set = cfg->ratio_get == 0;
     L->all_get = cfg->ratio_set == 0;
     L->max_line = (size_t)cfg->value_size + 64 * 1024;
+    if (cfg->rate > 0) {
+        L->paced = true;
+        L->pace_ns = 1e9 * cfg->threads / cfg->rate;
+        L->parked = lg_xmalloc(sizeof(*L->parked) * (L->nconns ? L->nconns : 1));
+    }
     lg_tmpl_init(&L->tmpl, cfg);
     for (int i = 0; i < LG_NCMD; i++)
         hist_init(&t->st.cmd[i].lat);
@@ -640,6 +743,7 @@ static void lg_loop_free(struct lg_loop *L)
     }
     free(L->conns);
     free(L->stamp);
+    free(L->parked);
 }
 
 /* ---- the loop ---- */
@@ -676,6 +780,8 @@ static void lg_run(struct lg_loop *L)
             L->nstamp = 0;
         }
         struct __kernel_timespec wait = {.tv_sec = 1};
+        if (L->nparked)
+            lg_pace_timeout(L, &wait);
         struct io_uring_cqe *cqe;
         int ret = io_uring_submit_and_wait_timeout(&L->ring, &cqe, 1, &wait, NULL);
         L->now_ns = lg_now_ns();
@@ -690,6 +796,8 @@ static void lg_run(struct lg_loop *L)
             seen++;
         }
         io_uring_cq_advance(&L->ring, seen);
+        if (L->nparked)
+            lg_release(L);
         atomic_store_explicit(&t->done, L->done, memory_order_relaxed);
 
         if (stalled) {
@@ -697,6 +805,10 @@ static void lg_run(struct lg_loop *L)
              * a kernel that does not. */
             if (L->now_ns > stall_end)
                 break;
+        } else if (L->armed == 0) {
+            /* Nothing in flight: every live connection is parked by --rate, waiting for the
+             * clock rather than the server, so the stall clock does not run. */
+            L->progress_ns = L->now_ns;
         } else if (L->now_ns - L->progress_ns > LG_STALL_NS) {
             stalled = true;
             stall_end = L->now_ns + 2000000000ull;

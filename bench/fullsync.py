@@ -4,7 +4,7 @@ fullsync: how long a TCP replica takes to copy a loaded master, and what that co
 master's clients.  `make bench` runs it after the suite (bench/suite.sh); it can run alone.
 
 Setup.  One ringkv master (`ringkv-server --threads 2 --port P --bind 127.0.0.1`, as in the
-suite), preloaded with 1,000,000 pipelined `SET key:NNNNNNNNNNNN <32 bytes>` (16-byte keys,
+suite, whose environment sets other thread counts and CPUs: see the end), preloaded with 1,000,000 pipelined `SET key:NNNNNNNNNNNN <32 bytes>` (16-byte keys,
 32-byte values, the suite's preload) before any replica exists.  Every replica is
 `ringkv-server --threads 1 --port P2 --bind 127.0.0.1 --replicaof 127.0.0.1 P
 --repl-transport tcp`, a fresh process on a fresh port, stopped (SIGTERM, by its pid) after
@@ -44,7 +44,9 @@ Output: a markdown table on stdout, and in BENCH_RESULTS (bench/results):
 BENCH_STAMP, which bench/suite.sh sets for both), the section is appended to it and to
 latest.md.
 
-Environment: BENCH_QUICK=1 (one run of each), FULLSYNC_RUNS (3; quick 1), FULLSYNC_LOAD_RUNS
+Environment: the suite's BENCH_THREADS, BENCH_REPLICA_THREADS (master and replica worker
+threads, 2 and 1) and BENCH_MASTER_CPUS, BENCH_REPLICA_CPUS, BENCH_CLIENT_CPUS (placement;
+bench/suite.py), BENCH_QUICK=1 (one run of each), FULLSYNC_RUNS (3; quick 1), FULLSYNC_LOAD_RUNS
 (5; quick 1), FULLSYNC_KEYS (1000000), FULLSYNC_CLIENTS (4), FULLSYNC_LEAD (0.2),
 FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
 """
@@ -52,7 +54,6 @@ FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), BENCH_RESULTS, BENCH_STAMP, RING
 import json
 import os
 import signal
-import shutil
 import statistics
 import subprocess
 import sys
@@ -143,10 +144,12 @@ class FullSync:
     # -- servers --
 
     def master_argv(self, port):
-        return [self.server, "--threads", "2", "--port", str(port), "--bind", "127.0.0.1"]
+        return [self.server, "--threads", str(suite.MASTER_THREADS), "--port", str(port),
+                "--bind", "127.0.0.1"]
 
     def replica_argv(self, port, follow=True):
-        argv = [self.server, "--threads", "1", "--port", str(port), "--bind", "127.0.0.1"]
+        argv = [self.server, "--threads", str(suite.REPLICA_THREADS), "--port", str(port),
+                "--bind", "127.0.0.1"]
         if follow:
             argv += ["--replicaof", "127.0.0.1", str(self.master.port)]
         return argv + ["--repl-transport", "tcp"]
@@ -185,14 +188,16 @@ class FullSync:
         """Start a replica process without waiting for it; returns (server, t_start)."""
         self.nrep += 1
         s = suite.Server("fullsync-replica-%d" % self.nrep,
-                         lambda p: self.replica_argv(p, follow), self.workdir)
+                         lambda p: self.replica_argv(p, follow), self.workdir,
+                         suite.REPLICA_CPUS)
         s.port = suite.free_port()
         s.argv = s.argv_fn(s.port)
         with open(s.logpath, "ab") as logf:
             t0 = time.monotonic()
             s.proc = subprocess.Popen(s.argv, stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, cwd=self.workdir,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      preexec_fn=suite.placement(s.cpus))
         suite.LIVE.append(s)
         return s, t0
 
@@ -267,7 +272,8 @@ class FullSync:
             rep, t0 = self.new_replica(True)
         else:
             rep = suite.Server("fullsync-replica-%d" % (self.nrep + 1),
-                               lambda p: self.replica_argv(p, False), self.workdir)
+                               lambda p: self.replica_argv(p, False), self.workdir,
+                               suite.REPLICA_CPUS)
             self.nrep += 1
             why = rep.start()
             if why:
@@ -382,7 +388,8 @@ class FullSync:
             if not os.access(path, os.X_OK):
                 sys.exit("fullsync: %s not found at %s (run `make` first)" % (what, path))
         self.load_start = os.getloadavg()
-        self.master = suite.Server("fullsync-master", self.master_argv, self.workdir)
+        self.master = suite.Server("fullsync-master", self.master_argv, self.workdir,
+                                   suite.MASTER_CPUS)
         why = self.master.start()
         if why:
             sys.exit("fullsync: master " + why)
@@ -550,6 +557,12 @@ class FullSync:
                        % s["load_pairs_of"])
         out.append("")
         notes = list(self.notes)
+        if any(os.environ.get(v) for v in ("BENCH_MASTER_CPUS", "BENCH_REPLICA_CPUS",
+                                           "BENCH_CLIENT_CPUS")):
+            notes.append("CPUs: master %s, replicas %s, load and probe %s"
+                         % tuple(os.environ.get(v) or "any" for v in
+                                 ("BENCH_MASTER_CPUS", "BENCH_REPLICA_CPUS",
+                                  "BENCH_CLIENT_CPUS")))
         if s.get("load_pairs"):
             notes.append("the sync took a median %.0f%% of each \"during\" load window (the rest "
                          "is the %.1f s before the replica started, its start-up, and the %.1f s "
@@ -587,57 +600,23 @@ class FullSync:
 
     def write(self):
         s = self.summary()
-        os.makedirs(self.results, exist_ok=True)
-        base = os.path.join(self.results, self.stamp)
         md = self.markdown(s)
         data = {"started": self.started, "elapsed_s": round(self.elapsed, 1),
-                "machine": {"cpu": suite_cpu(), "cores": os.cpu_count(),
+                "machine": {"cpu": suite.cpu_model(), "cores": os.cpu_count(),
                             "kernel": os.uname().release},
                 "load_average": {"start": self.load_start, "end": self.load_end},
                 "settings": {"quick": self.quick, "keys": self.keys,
                              "value_size": suite.VALUE_SIZE, "sync_runs": self.runs,
                              "load_pairs": self.load_runs, "load_clients": self.clients,
-                             "lead_s": self.lead, "tail_s": self.tail},
+                             "lead_s": self.lead, "tail_s": self.tail,
+                             "cpus": suite.placement_settings()},
                 "commands": self.commands(), "summary": s, "sync_runs": self.sync_runs,
                 "load_pairs": self.load_pairs, "notes": self.notes}
-        with open(base + "-fullsync.json", "w") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.write("\n")
-        with open(base + "-fullsync.md", "w") as f:
-            f.write(md)
-        appended = []
-        if os.path.exists(base + ".md"):
-            for path in (base + ".md", os.path.join(self.results, "latest.md")):
-                with open(path, "a") as f:
-                    f.write("\n" + md)
-                appended.append(os.path.relpath(path, REPO))
-        print()
-        print(md)
-        log("fullsync: wrote %s-fullsync.{md,json}%s" % (
-            os.path.relpath(base, REPO), " and appended to " + ", ".join(appended)
-            if appended else ""))
-
-
-def suite_cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "?"
+        suite.write_section(self.results, self.stamp, "fullsync", md, data, "fullsync")
 
 
 def main():
-    signal.signal(signal.SIGTERM, suite.on_signal)
-    signal.signal(signal.SIGHUP, suite.on_signal)
-    fs = FullSync()
-    try:
-        fs.run()
-    finally:
-        suite.stop_all()
-        shutil.rmtree(fs.workdir, ignore_errors=True)
+    suite.run_main(FullSync())
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ struct lg_config {
     unsigned pipeline; /* SET/GET requests in flight per connection */
     uint64_t requests; /* SET+GET requests in all; 0 = bounded by duration only */
     double duration;   /* seconds; 0 = bounded by requests only */
+    double rate;       /* at most this many SET+GET requests/s in all; 0 = unpaced */
     uint64_t keyspace;
     double zipf_theta; /* 0 = uniform */
     uint32_t value_size;

@@ -14,6 +14,9 @@
  * "all" latency row covers every reply, WAITs included.  Rates divide by the time from the
  * start (all connections up) to the last reply.
  *
+ * --rate caps the closed loop: SETs and GETs are issued at no more than the given rate (see
+ * client.c), and the report states that target next to the rate achieved.
+ *
  * Exit status: 0 when the run completed cleanly; 1 when a connection failed (refused, reset,
  * closed, unparseable reply stream), the server stalled, a reply had the wrong type for its
  * command, or --verify found a failure; 2 for bad options.  Error replies (-ERR ...) are
@@ -47,6 +50,7 @@ static void lg_usage(FILE *f)
                "  --pipeline P        requests in flight per connection (1)\n"
                "  --requests N        SET+GET requests in all (100000; unbounded with --duration)\n"
                "  --duration S        stop issuing after S seconds\n"
+               "  --rate R            at most R SET+GET requests/s in all (0: no limit)\n"
                "  --keyspace K        keys key:000000000000 .. K-1 (100000)\n"
                "  --key-dist D        uniform | zipf:THETA, 0 < THETA < 1 (uniform)\n"
                "  --value-size B      value bytes (32)\n"
@@ -116,6 +120,7 @@ enum {
     OPT_PIPELINE,
     OPT_REQUESTS,
     OPT_DURATION,
+    OPT_RATE,
     OPT_KEYSPACE,
     OPT_KEYDIST,
     OPT_VALUESIZE,
@@ -139,6 +144,7 @@ static const struct option lg_options[] = {
     {"pipeline", required_argument, NULL, OPT_PIPELINE},
     {"requests", required_argument, NULL, OPT_REQUESTS},
     {"duration", required_argument, NULL, OPT_DURATION},
+    {"rate", required_argument, NULL, OPT_RATE},
     {"keyspace", required_argument, NULL, OPT_KEYSPACE},
     {"key-dist", required_argument, NULL, OPT_KEYDIST},
     {"value-size", required_argument, NULL, OPT_VALUESIZE},
@@ -201,6 +207,9 @@ static int lg_parse_options(int argc, char **argv, struct lg_config *cfg)
             break;
         case OPT_DURATION:
             cfg->duration = lg_opt_double(name, optarg, 0.001, 1e7);
+            break;
+        case OPT_RATE:
+            cfg->rate = lg_opt_double(name, optarg, 0, 1e12);
             break;
         case OPT_KEYSPACE:
             cfg->keyspace = lg_opt_u64(name, optarg, 1, LG_KEYSPACE_MAX);
@@ -393,6 +402,8 @@ static void lg_report(const struct lg_config *cfg, const struct lg_result *r)
                        (unsigned long long)cs->mismatches);
             printf("\n");
         }
+        if (cfg->rate > 0)
+            printf("target: %.10g requests per second in all\n", cfg->rate);
     } else {
         printf("ringkv-bench %s:%d: %u clients, %u threads, pipeline %u, %s, ring %s\n", cfg->host,
                cfg->port, cfg->clients, cfg->threads, cfg->pipeline,
@@ -406,8 +417,11 @@ static void lg_report(const struct lg_config *cfg, const struct lg_result *r)
                cfg->ratio_get, (unsigned long long)cfg->seed);
         if (cfg->wait_n >= 0)
             printf(", WAIT %d 0 after each SET", cfg->wait_n);
-        printf("\n%llu requests in %.3f s: %.1f requests/s\n\n", (unsigned long long)r->requests,
+        printf("\n%llu requests in %.3f s: %.1f requests/s", (unsigned long long)r->requests,
                r->seconds, lg_rate(r->requests, r->seconds));
+        if (cfg->rate > 0)
+            printf(" (target %.10g)", cfg->rate);
+        printf("\n\n");
         printf("%-5s %11s %12s %9s %9s %9s %9s %9s %8s\n", "cmd", "replies", "rps", "p50 us",
                "p90 us", "p99 us", "p99.9 us", "max us", "errors");
         for (int c = 0; c < LG_NCMD; c++)
@@ -492,8 +506,11 @@ static int lg_write_json(const struct lg_config *cfg, const struct lg_result *r)
         fprintf(f, "null");
     fprintf(f, ", \"ring\": ");
     lg_json_str(f, r->ring_mode);
-    fprintf(f, "},\n  \"duration_s\": %.6f,\n  \"requests\": %llu,\n  \"rps\": %.2f,\n", r->seconds,
-            (unsigned long long)r->requests, lg_rate(r->requests, r->seconds));
+    fprintf(f,
+            "},\n  \"duration_s\": %.6f,\n  \"requests\": %llu,\n  \"rps\": %.2f,\n"
+            "  \"rate_target\": %.10g,\n",
+            r->seconds, (unsigned long long)r->requests, lg_rate(r->requests, r->seconds),
+            cfg->rate);
     fprintf(f, "  \"commands\": {");
     bool first = true;
     for (int c = 0; c < LG_NCMD; c++) {

@@ -2,9 +2,9 @@
 """
 suite: the benchmark matrix behind `make bench` (bench/suite.sh runs it).
 
-What it measures.  Every row is one ringkv-bench load (one client thread, 50 connections,
-keys key:000000000000 .. key:000000999999 preloaded, 32-byte values) for a fixed duration
-against the master of one configuration:
+What it measures.  Every row is one ringkv-bench load (50 connections, one client thread
+unless BENCH_CLIENT_THREADS says more, keys key:000000000000 .. key:000000999999 preloaded,
+32-byte values) for a fixed duration against the master of one configuration:
 
     ringkv           ringkv-server alone
     ringkv+shm       ringkv master + one same-host replica reading the log in shared memory,
@@ -58,6 +58,13 @@ Environment:
   BENCH_PROBES=N       lag probes per replica row, over all its runs (200, quick 60)
   BENCH_CONFIGS=a,b    only these configurations (ringkv, ringkv+shm, ringkv+tcp, redis,
                        redis+replica); the others print "skipped"
+  BENCH_WORKLOADS=a,b  only these workloads (set, get, mix), BENCH_PIPELINES=1,16 only these
+  BENCH_THREADS=N      ringkv master worker threads (2); BENCH_REPLICA_THREADS (1) for its
+                       replica; BENCH_CLIENT_THREADS (1) for ringkv-bench
+  BENCH_MASTER_CPUS, BENCH_REPLICA_CPUS, BENCH_CLIENT_CPUS=LIST
+                       CPUs (taskset's list form: 0-3,8) for the masters (ringkv and Redis),
+                       the replicas, and the client side (ringkv-bench and this script);
+                       unset: no placement, the kernel's choice
   BENCH_RESULTS=DIR    where results go (bench/results)
   BENCH_STAMP=S        the results' file name (suite.sh sets it for suite.py and fullsync.py)
   RINGKV_SERVER, RINGKV_BENCH, REDIS_SERVER: the binaries (build/rel/..., redis-server)
@@ -85,6 +92,11 @@ KEYSPACE = 1_000_000
 VALUE_SIZE = 32
 WORKLOADS = [("set", "SET"), ("get", "GET"), ("mix", "mix 10:90")]
 PIPELINES = [1, 16]
+if os.environ.get("BENCH_WORKLOADS"):
+    _only = os.environ["BENCH_WORKLOADS"].split(",")
+    WORKLOADS = [w for w in WORKLOADS if w[0] in _only]
+if os.environ.get("BENCH_PIPELINES"):
+    PIPELINES = [p for p in PIPELINES if str(p) in os.environ["BENCH_PIPELINES"].split(",")]
 
 LINK_TIMEOUT = 15.0      # a replica must be up and synced within this: else "not built"
 ROLE_GRACE = 5.0         # a --replicaof server still saying role:master after this ignored it
@@ -117,6 +129,88 @@ def env_float(name, default):
 def env_int(name, default):
     v = os.environ.get(name, "")
     return int(v) if v else default
+
+
+def cpu_list(name):
+    """A CPU set from an environment variable in taskset's list form ("0-3,8"); None if unset."""
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return None
+    cpus = set()
+    for part in v.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def placement(cpus):
+    """A preexec_fn that confines a child to cpus (None: no placement)."""
+    if cpus is None:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+MASTER_CPUS = cpu_list("BENCH_MASTER_CPUS")
+REPLICA_CPUS = cpu_list("BENCH_REPLICA_CPUS")
+CLIENT_CPUS = cpu_list("BENCH_CLIENT_CPUS")
+MASTER_THREADS = env_int("BENCH_THREADS", 2)
+REPLICA_THREADS = env_int("BENCH_REPLICA_THREADS", 1)
+CLIENT_THREADS = env_int("BENCH_CLIENT_THREADS", 1)
+
+
+def placement_settings():
+    """The CPU placement from the environment, for a results file (None where unset)."""
+    return {k: (os.environ.get(v) or None) for k, v in
+            (("master", "BENCH_MASTER_CPUS"), ("replica", "BENCH_REPLICA_CPUS"),
+             ("client", "BENCH_CLIENT_CPUS"))}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def write_section(results, stamp, kind, md, data, tag):
+    """Write <stamp>-<kind>.{json,md} under results and append md to <stamp>.md (the suite's
+    results of the same stamp) and latest.md when the suite's file exists; print md."""
+    os.makedirs(results, exist_ok=True)
+    base = os.path.join(results, stamp)
+    with open("%s-%s.json" % (base, kind), "w") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
+    with open("%s-%s.md" % (base, kind), "w") as f:
+        f.write(md)
+    appended = []
+    if os.path.exists(base + ".md"):
+        for path in (base + ".md", os.path.join(results, "latest.md")):
+            with open(path, "a") as f:
+                f.write("\n" + md)
+            appended.append(os.path.relpath(path, REPO))
+    print()
+    print(md)
+    log("%s: wrote %s-%s.{md,json}%s" % (tag, os.path.relpath(base, REPO), kind,
+                                         " and appended to " + ", ".join(appended)
+                                         if appended else ""))
+
+
+def run_main(obj):
+    """The main of a bench script: placement, signals, obj.run(), and every server stopped
+    and obj.workdir removed however it ends."""
+    if CLIENT_CPUS is not None:
+        os.sched_setaffinity(0, CLIENT_CPUS)   # ringkv-bench and the probes inherit it
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        obj.run()
+    finally:
+        stop_all()
+        shutil.rmtree(obj.workdir, ignore_errors=True)
 
 
 def log(msg):
@@ -233,9 +327,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Server:
     """A server process on 127.0.0.1; stopped by its pid (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name, argv_fn, workdir):
+    def __init__(self, name, argv_fn, workdir, cpus=None):
         self.name = name
         self.argv_fn = argv_fn  # port -> argv
+        self.cpus = cpus        # the CPUs it may run on (None: any)
         self.workdir = workdir
         self.proc = None
         self.port = None
@@ -251,7 +346,8 @@ class Server:
             with open(self.logpath, "ab") as logf:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logf,
                                              stderr=subprocess.STDOUT, cwd=self.workdir,
-                                             start_new_session=True)
+                                             start_new_session=True,
+                                             preexec_fn=placement(self.cpus))
             LIVE.append(self)
             why = self._wait_ping()
             if why is None:
@@ -351,7 +447,8 @@ class Config:
         if self.family == "redis":
             return [s.redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no"]
-        argv = [s.server, "--threads", "2", "--port", str(port), "--bind", "127.0.0.1"]
+        argv = [s.server, "--threads", str(MASTER_THREADS), "--port", str(port), "--bind",
+                "127.0.0.1"]
         if self.transport is None:
             argv += ["--unixsocket", ""]   # no replica: no Unix socket
         return argv
@@ -364,19 +461,20 @@ class Config:
                     "127.0.0.1", mport, "--save", "", "--appendonly", "no"]
         # One worker thread, like Redis's replica: on a small host the replica shares the
         # cores with its master and the client (docs/BENCHMARKS.md, "What each row runs").
-        return [s.server, "--threads", "1", "--port", str(port), "--bind", "127.0.0.1",
-                "--replicaof", "127.0.0.1", mport, "--repl-transport", self.transport]
+        return [s.server, "--threads", str(REPLICA_THREADS), "--port", str(port), "--bind",
+                "127.0.0.1", "--replicaof", "127.0.0.1", mport, "--repl-transport",
+                self.transport]
 
     def start(self):
         wd = self.suite.workdir
-        self.master = Server(self.key + "-master", self.master_argv, wd)
+        self.master = Server(self.key + "-master", self.master_argv, wd, MASTER_CPUS)
         why = self.master.start()
         if why:
             self.fail("failed", "master " + why)
             return
         if self.transport is None:
             return
-        self.replica = Server(self.key + "-replica", self.replica_argv, wd)
+        self.replica = Server(self.key + "-replica", self.replica_argv, wd, REPLICA_CPUS)
         why = self.replica.start()
         if why:
             self.fail("not built", "replica " + why)
@@ -758,15 +856,7 @@ class Suite:
     # -- machine --
 
     def machine(self):
-        cpu = "?"
-        try:
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        cpu = line.split(":", 1)[1].strip()
-                        break
-        except OSError:
-            pass
+        cpu = cpu_model()
 
         def run(argv):
             try:
@@ -806,7 +896,8 @@ class Suite:
         return row
 
     def bench_argv(self, port, wl, p, wait, json_path):
-        argv = [self.bench, "--port", str(port), "--threads", "1", "--clients", str(CLIENTS),
+        argv = [self.bench, "--port", str(port), "--threads", str(CLIENT_THREADS),
+                "--clients", str(CLIENTS),
                 "--pipeline", str(p), "--duration", "%g" % self.duration,
                 "--keyspace", str(KEYSPACE), "--value-size", str(VALUE_SIZE),
                 "--command", wl]
@@ -1334,7 +1425,10 @@ class Suite:
 
     def settings(self):
         return {"quick": self.quick, "duration_s": self.duration, "repeat": self.repeat,
-                "lag_probes_per_row": self.probes, "clients": CLIENTS, "client_threads": 1,
+                "lag_probes_per_row": self.probes, "clients": CLIENTS,
+                "client_threads": CLIENT_THREADS, "master_threads": MASTER_THREADS,
+                "replica_threads": REPLICA_THREADS,
+                "cpus": placement_settings(),
                 "keyspace": KEYSPACE, "value_size": VALUE_SIZE, "preloaded": True}
 
     def commands(self):
@@ -1391,13 +1485,20 @@ class Suite:
         out.append("Machine: %s, %s cores, %s GiB, Linux %s. ringkv %s; %s.\n"
                    % (m["cpu"], m["cores"], m["memory_gib"], m["kernel"], m["ringkv_commit"],
                       m["redis_version"].split(" sha=")[0] or "redis-server"))
-        out.append("Load: ringkv-bench, 1 thread, %d clients, keyspace %s preloaded, %d-byte "
-                   "values, %g s per run, %s. Load average %.1f at the start, %.1f at the "
+        place = ""
+        if any(c is not None for c in (MASTER_CPUS, REPLICA_CPUS, CLIENT_CPUS)):
+            place = (" CPUs: masters %s, replicas %s, client %s."
+                     % tuple(os.environ.get(v) or "any" for v in
+                             ("BENCH_MASTER_CPUS", "BENCH_REPLICA_CPUS", "BENCH_CLIENT_CPUS")))
+        out.append("Load: ringkv-bench, %d thread%s, %d clients, keyspace %s preloaded, %d-byte "
+                   "values, %g s per run, %s. ringkv masters run %d worker threads, ringkv "
+                   "replicas %d.%s Load average %.1f at the start, %.1f at the "
                    "end; the run took %.0f s.\n"
-                   % (CLIENTS, "{:,}".format(KEYSPACE), VALUE_SIZE, self.duration,
+                   % (CLIENT_THREADS, "" if CLIENT_THREADS == 1 else "s", CLIENTS,
+                      "{:,}".format(KEYSPACE), VALUE_SIZE, self.duration,
                       "median of %d runs per row" % self.repeat if self.repeat > 1
-                      else "one run per row", self.load_start[0], self.load_end[0],
-                      self.elapsed))
+                      else "one run per row", MASTER_THREADS, REPLICA_THREADS, place,
+                      self.load_start[0], self.load_end[0], self.elapsed))
         out.append("ops/s is SETs + GETs per second; latencies are per request (in the "
                    "WAIT 1 0 SET rows, SET+WAIT until the WAIT reply); × Redis is ops/s over "
                    "the matching Redis row%s; lag is from the master's reply to the first "
@@ -1484,6 +1585,9 @@ class Suite:
         return "\n".join(out)
 
     def chart(self, path):
+        if PIPELINES != [1, 16]:
+            self.notes.append("no chart: it needs both pipelines (BENCH_PIPELINES left one out)")
+            return None
         gp = shutil.which("gnuplot")
         if not gp:
             self.notes.append("no chart: gnuplot is not installed (apt-get install gnuplot-nox)")
@@ -1521,9 +1625,9 @@ class Suite:
                     lines.append('"%s" %s' % (wname, " ".join(vals)))
                 lines.append("EOD")
         n = len(series)
-        title = "ringkv vs Redis, %s%s: %s, %s cores; %d clients, 1 client thread" % (
+        title = "ringkv vs Redis, %s%s: %s, %s cores; %d clients, %d client thread%s" % (
             self.started.split(" ")[0], " (quick)" if self.quick else "", self.mach["cpu"],
-            self.mach["cores"], CLIENTS)
+            self.mach["cores"], CLIENTS, CLIENT_THREADS, "" if CLIENT_THREADS == 1 else "s")
         missing = [c.key for c in self.configs if c.status != "ok" and c.status != "skipped"]
         if missing:
             title += "\\n(%s: %s)" % (", ".join(missing),
@@ -1595,14 +1699,7 @@ def shell_quote(a):
 
 
 def main():
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    suite = Suite()
-    try:
-        suite.run()
-    finally:
-        stop_all()
-        shutil.rmtree(suite.workdir, ignore_errors=True)
+    run_main(Suite())
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@
 # beside the load.  bench/suite.py runs the matrix and writes bench/results/ (markdown, JSON,
 # a gnuplot chart, latest.md); its docstring lists the environment it reads.  Then
 # bench/fullsync.py measures a TCP replica's full sync of 1,000,000 keys and the master's p99
-# during it, and appends that section to the same results.
+# during it, and bench/applylag.py a same-host replica's apply lag at peak and half-peak SET
+# rates; both append their sections to the same results.
 #
 #   make bench                    # about 8 minutes on 2 cores, then about 40 s of full syncs
+#                                 # and 30 s of apply lag
 #   BENCH_QUICK=1 make bench      # the same matrix with short runs, about a minute
 #
 # Every server listens on 127.0.0.1 on a port the kernel picked as free and is stopped by
@@ -37,4 +39,10 @@ export BENCH_STAMP=${BENCH_STAMP:-$(date +%Y-%m-%d-%H%M)$quick}
 case "${BENCH_FULLSYNC:-1}" in
     0) ;;
     *) /usr/bin/python3 bench/fullsync.py ;;
+esac
+# A same-host replica's apply lag at the master's peak SET rate and at half of it;
+# BENCH_APPLYLAG=0 skips it.
+case "${BENCH_APPLYLAG:-1}" in
+    0) ;;
+    *) /usr/bin/python3 bench/applylag.py ;;
 esac

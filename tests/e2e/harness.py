@@ -34,15 +34,21 @@ SANITIZER_MARKS = (b"ERROR: AddressSanitizer", b"ERROR: LeakSanitizer", b"runtim
                    b"WARNING: ThreadSanitizer", b"ERROR: ThreadSanitizer")
 
 
-def server_path():
-    p = os.environ.get("RINGKV_SERVER")
+def built_binary(env, name):
+    """$env if set, else build/asan/<name>, else build/rel/<name>; None if none exists."""
+    p = os.environ.get(env)
     if p:
         return os.path.abspath(p)
-    for rel in ("build/asan/ringkv-server", "build/rel/ringkv-server"):
+    for rel in ("build/asan/" + name, "build/rel/" + name):
         c = os.path.join(REPO, rel)
         if os.path.exists(c):
             return c
-    return os.path.join(REPO, "build/asan/ringkv-server")
+    return None
+
+
+def server_path():
+    return built_binary("RINGKV_SERVER", "ringkv-server") or \
+        os.path.join(REPO, "build/asan/ringkv-server")
 
 
 def is_sanitized():

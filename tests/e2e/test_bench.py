@@ -1,0 +1,108 @@
+"""
+ringkv-bench's --rate: a paced run issues no more SET+GET requests than the rate allows (plus
+the one batch each thread may send ahead), on one thread or several; bad values are refused
+(exit 2 with one line on stderr); and without --rate the run is unpaced, says rate_target 0
+and does exactly the requests asked for.
+
+The load generator is $RINGKV_BENCH, else build/asan/ringkv-bench, else build/rel/ringkv-bench;
+the tests are skipped when there is none.  Every run is bounded (1 s, or a few thousand
+requests) and has a timeout.
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+
+from harness import ServerTestCase, built_binary
+
+RATE = 5000
+CLIENTS = 4
+PIPELINE = 4
+
+
+def bench_path():
+    return built_binary("RINGKV_BENCH", "ringkv-bench")
+
+
+class BenchTestCase(ServerTestCase):
+
+    def setUp(self):
+        self.bench = bench_path()
+        if not self.bench or not os.path.exists(self.bench):
+            self.skipTest("ringkv-bench is not built (set RINGKV_BENCH or run make)")
+
+    def run_bench(self, args, timeout=30.0):
+        """Run ringkv-bench to completion: (exit status, stdout, stderr)."""
+        p = subprocess.run([self.bench] + list(args), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+    def run_json(self, srv, args):
+        """Run ringkv-bench against srv with --json to a file (stdout has the text report);
+        fail unless it exits 0.  Returns (the JSON results, the text report)."""
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "run.json")
+            rc, out, err = self.run_bench(
+                ["--host", "127.0.0.1", "--port", str(srv.port), "--json", path] + list(args))
+            self.assertEqual(rc, 0, "ringkv-bench %s: exit status %s\n%s%s" % (
+                " ".join(args), rc, out, err))
+            with open(path) as f:
+                return json.load(f), out
+
+
+class Rate(BenchTestCase):
+
+    def assert_paced(self, res, threads):
+        secs = res["duration_s"]
+        self.assertEqual(res["rate_target"], RATE)
+        self.assertTrue(res["ok"], res)
+        self.assertGreater(secs, 0)
+        # Each thread issues at most its share of the rate times the time so far, plus one
+        # batch ahead; the last reply comes after the last batch was issued.  The slack of a
+        # batch per connection covers rounding and is still far below an unpaced run.
+        bound = RATE * secs + CLIENTS * PIPELINE + threads * PIPELINE
+        self.assertLessEqual(res["requests"], bound,
+                             "%d requests in %.3f s at --rate %d" % (res["requests"], secs, RATE))
+        # Not a speed test: only that pacing does not hold the run far below the rate.
+        self.assertGreaterEqual(res["requests"], RATE // 2)
+
+    def test_one_thread(self):
+        srv = self.start_server()
+        res, out = self.run_json(srv, ["--rate", str(RATE), "--duration", "1", "--clients",
+                                       str(CLIENTS), "--pipeline", str(PIPELINE)])
+        self.assert_paced(res, 1)
+        self.assertIn("(target %d)" % RATE, out)
+
+    def test_two_threads(self):
+        srv = self.start_server()
+        res, _ = self.run_json(srv, ["--rate", str(RATE), "--duration", "1", "--clients",
+                                     str(CLIENTS), "--pipeline", str(PIPELINE), "--threads", "2"])
+        self.assert_paced(res, 2)
+
+    def test_unpaced_by_default(self):
+        srv = self.start_server()
+        res, out = self.run_json(srv, ["--requests", "2000", "--clients", str(CLIENTS),
+                                       "--pipeline", str(PIPELINE)])
+        self.assertEqual(res["rate_target"], 0)
+        self.assertEqual(res["requests"], 2000)
+        self.assertTrue(res["ok"], res)
+        self.assertNotIn("target", out)
+
+
+class BadRate(BenchTestCase):
+
+    def assert_refused(self, value):
+        rc, out, err = self.run_bench(["--rate", value, "--requests", "1"], timeout=10.0)
+        self.assertEqual(rc, 2, "--rate %r: exit status %s, stderr %r" % (value, rc, err))
+        self.assertTrue(err.startswith("ringkv-bench: "), err)
+        self.assertEqual(err.count("\n"), 1, "not one line: %r" % err)
+        self.assertIn("--rate", err)
+        self.assertIn(value, err)
+        self.assertEqual(out, "")
+
+    def test_negative(self):
+        self.assert_refused("-1")
+
+    def test_not_a_number(self):
+        self.assert_refused("abc")
