@@ -184,6 +184,12 @@ static inline void repl_str_get(char *out, size_t cap, const char *src)
     }
     out[i] = '\0';
 }
+/* A worker walking its shards for a full sync walks for at most REPL_WALK_SLICE_US at a time,
+ * at most once every REPL_WALK_PERIOD_US; its timer ticks at that period meanwhile
+ * (net/worker.c). */
+#define REPL_WALK_SLICE_US 30
+#define REPL_WALK_PERIOD_US 75
+
 #define REPL_INC(x) __atomic_fetch_add(&(x), 1, __ATOMIC_RELAXED)
 #define REPL_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
 

@@ -34,9 +34,7 @@
 struct repl_state repl = {.unix_fd = -1};
 
 #define HEARTBEAT_TIMEOUT_MS 3000
-#define WALK_SLICE 256      /* entries of one shard in one go */
-#define WALK_PASS 1024      /* entries of all the worker's shards in one loop pass */
-#define WALK_PERIOD_US 2000 /* and such a pass at most this often */
+#define WALK_SLICE 256 /* entries of one shard in one go */
 
 /* ---- the log ------------------------------------------------------------------------------ */
 
@@ -547,24 +545,24 @@ void repl_master_pass(struct worker *w)
         start_walks(w, req);
     }
     w->walk_throttled = false;
-    /* A pass walks at most WALK_PASS entries in all (about a millisecond), taking the shards
-     * in turn, so that a full sync never holds the requests of a pass back for long. */
+    /* A pass walks for at most REPL_WALK_SLICE_US, taking the shards in turn, so that a full
+     * sync never holds the requests of a pass back for long; and at most one pass in
+     * REPL_WALK_PERIOD_US walks: between slices the worker serves requests or sleeps (its
+     * timer ticks that often while it walks).  So the walk takes at most 40% of the worker's
+     * CPU (30 us in 75), whatever the machine's speed, and leaves the rest to requests and to the replica
+     * that applies what it sends. */
     uint32_t own =
         (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) / (uint32_t)srv.nworkers;
-    uint64_t budget = WALK_PASS;
-    /* And at most one pass in WALK_PERIOD_US walks: between slices the worker sleeps (its
-     * timer ticks every millisecond while it walks), so the walk takes about half a CPU and
-     * leaves the rest to requests and to the replica that applies what it sends. */
     bool walking = false;
     for (uint32_t i = 0; i < own; i++)
         walking |= w->walks[i].active;
     w->walk_paced = walking;
-    int64_t now_us = walking ? rk_now_us() : 0;
-    if (!walking || now_us < w->walk_next_us)
-        budget = 0;
-    else
-        w->walk_next_us = now_us + WALK_PERIOD_US;
-    for (uint32_t j = 0; j < own && budget; j++) {
+    int64_t now_us = walking ? rk_now_us() : 0, end_us = 0;
+    if (walking && now_us >= w->walk_next_us) {
+        w->walk_next_us = now_us + REPL_WALK_PERIOD_US;
+        end_us = now_us + REPL_WALK_SLICE_US;
+    }
+    for (uint32_t j = 0; j < own && now_us < end_us; j++) {
         uint32_t i = (w->walk_rr + j) % own;
         uint32_t s = (uint32_t)w->id + i * (uint32_t)srv.nworkers;
         struct repl_walk *wk = &w->walks[i];
@@ -576,16 +574,19 @@ void repl_master_pass(struct worker *w)
             continue;
         }
         /* Walk one home bucket at a time until the slice has appended half the headroom
-         * (or WALK_SLICE entries): what one call appends is one bucket's entries, each at most
-         * a quarter ring, and walk_throttled keeps at least that much room. */
+         * (or WALK_SLICE entries, or the time is up): what one call appends is one bucket's
+         * entries, each at most a quarter ring, and walk_throttled keeps at least that much
+         * room. */
         uint64_t room = walk_headroom(s);
         struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
-        uint64_t slice = budget < WALK_SLICE ? budget : WALK_SLICE;
+        unsigned calls = 0;
         do {
             wk->cursor = shard_scan(srv.shards[s], wk->cursor, 1, walk_emit, &a);
-        } while (wk->cursor != 0 && a.entries < slice &&
+            if ((++calls & 15) == 0)
+                now_us = rk_now_us();
+        } while (wk->cursor != 0 && a.entries < WALK_SLICE && now_us < end_us &&
                  (room == UINT64_MAX || a.bytes < room / 2));
-        budget -= a.entries < budget ? a.entries : budget;
+        now_us = rk_now_us();
         if (wk->cursor == 0) {
             wk->active = false;
             finish_walk(s, wk->req);

@@ -59,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -982,6 +983,12 @@ static void *repl_thread(void *arg)
 {
     (void)arg;
     pthread_setname_np(pthread_self(), "ringkv-repl");
+    /* Nice 10, below the workers: where they share CPUs with this thread (the process was
+     * given fewer CPUs than it has threads), a worker with requests to serve preempts a
+     * stream, a full sync's above all, rather than waiting out its time slice. */
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0)
+        rk_log(RK_LOG_VERBOSE, "replication thread: can't lower its priority: %s",
+               strerror(errno));
     arm_event();
     while (!__atomic_load_n(&T.stop, __ATOMIC_ACQUIRE)) {
         struct io_uring_cqe *cqe;

@@ -260,3 +260,16 @@ class CpuPlacement(ServerTestCase):
         for tid, lst in self.task_cpus(srv.pid).items():
             self.assertEqual(lst, str(cpu), "thread %d may run on %s" % (tid, lst))
         self.assertIn("workers pinned to CPUs %d,%d,%d " % (cpu, cpu, cpu), srv.stdout().decode())
+
+    def test_replication_thread_runs_below_the_workers(self):
+        # Where the replication thread shares CPUs with the workers, requests come first.
+        srv = self.start_server()
+        nice = {}
+        for tid in os.listdir("/proc/%d/task" % srv.pid):
+            with open("/proc/%d/task/%s/stat" % (srv.pid, tid)) as f:
+                stat = f.read()
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            nice[comm] = nice.get(comm, []) + [int(stat[stat.rindex(")") + 2:].split()[16])]
+        self.assertEqual(nice.get("ringkv-repl"), [10], nice)
+        others = [n for comm, ns in nice.items() if comm != "ringkv-repl" for n in ns]
+        self.assertTrue(others and all(n == 0 for n in others), nice)
