@@ -321,6 +321,15 @@ static void run_part(struct conn *c, struct slot *sl, int part, uint32_t s, uint
     conn_part_done(c, sl, part);
 }
 
+void dispatch_prefetch_request(const void *msg, int stage)
+{
+    const struct xm_req *m = msg;
+    if (stage == 0)
+        shard_prefetch(srv.shards[m->shard], m->hash);
+    else
+        shard_prefetch_entry(srv.shards[m->shard], m->hash);
+}
+
 void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t len)
 {
     const struct xm_req *m = msg;

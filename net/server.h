@@ -252,6 +252,9 @@ void conn_slot_pool_free(struct worker *w);
 void dispatch_input(struct conn *c, const char *data, size_t len);
 /* A request from another worker (xring record) and a reply coming back. */
 void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t len);
+/* A request message that will run soon: start loading its key's table slot (stage 0) or,
+ * later, its entry (stage 1) (shard_prefetch). */
+void dispatch_prefetch_request(const void *msg, int stage);
 void dispatch_remote_reply(struct worker *w, const void *msg, size_t len);
 /* Any other record type (requests, CLIENT LIST). */
 void dispatch_remote_other(struct worker *w, int from, uint32_t type, const void *msg, size_t len);

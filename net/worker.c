@@ -374,6 +374,9 @@ static void handle_record(struct worker *w, int from, uint32_t type, const void 
     }
 }
 
+#define XR_PREFETCH_FAR 8
+#define XR_PREFETCH_NEAR 4
+
 /* Run what other workers sent us.  Bounded: at most what each ring held when we looked. */
 static bool drain_xrings(struct worker *w)
 {
@@ -386,9 +389,25 @@ static bool drain_xrings(struct worker *w)
         uint32_t type;
         void *p;
         int budget = 65536;
+        /* Two cursors run ahead of the record being handled: the far one starts loading the
+         * table slots of the requests it passes, the near one their entries, so the lookups
+         * of a batch of requests overlap their cache misses (shard_prefetch). */
+        uint64_t far = xring_head(xr), near = far;
+        int nfar = 0, nnear = 0; /* records from the one being handled up to each cursor */
         while (budget-- > 0 && (p = xring_peek(xr, &len, &type))) {
+            size_t l;
+            uint32_t t;
+            void *q;
+            for (; nfar < XR_PREFETCH_FAR && (q = xring_peek_next(xr, &far, &l, &t)); nfar++)
+                if (t == XM_REQUEST)
+                    dispatch_prefetch_request(q, 0);
+            for (; nnear < XR_PREFETCH_NEAR && (q = xring_peek_next(xr, &near, &l, &t)); nnear++)
+                if (t == XM_REQUEST)
+                    dispatch_prefetch_request(q, 1);
             handle_record(w, j, type, p, len);
             xring_consume(xr, len);
+            nfar -= nfar > 0;
+            nnear -= nnear > 0;
             any = true;
         }
     }

@@ -113,6 +113,25 @@ void *xring_peek(struct xring *r, size_t *len, uint32_t *type)
     }
 }
 
+void *xring_peek_next(struct xring *r, uint64_t *cursor, size_t *len, uint32_t *type)
+{
+    for (;;) {
+        if (*cursor == r->tail_cache) {
+            /* Acquire: pairs with the producer's release of tail. */
+            r->tail_cache = __atomic_load_n(&r->tail, __ATOMIC_ACQUIRE);
+            if (*cursor == r->tail_cache)
+                return NULL;
+        }
+        struct xring_rec *h = (struct xring_rec *)(r->data + (*cursor & (r->cap - 1)));
+        *cursor += rec_size(h->len);
+        if (h->type == XR_PAD)
+            continue;
+        *len = h->len;
+        *type = h->type;
+        return h + 1;
+    }
+}
+
 void xring_consume(struct xring *r, size_t len)
 {
     /* Release: our reads of the record happen before the producer may overwrite it. */

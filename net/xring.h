@@ -67,5 +67,16 @@ void *xring_peek(struct xring *r, size_t *len, uint32_t *type);
 void xring_consume(struct xring *r, size_t len);
 /* Consumer: true if a record is waiting (acquire load of tail). */
 bool xring_readable(struct xring *r);
+/*
+ * Consumer, looking ahead without consuming: the payload of the record at *cursor (a position
+ * at or past the head that a previous call returned, or xring_head()), or NULL when nothing
+ * readable is there; *cursor then moves past it.  Padding is skipped.  A payload stays valid
+ * until the consumer consumes past it.
+ */
+void *xring_peek_next(struct xring *r, uint64_t *cursor, size_t *len, uint32_t *type);
+static inline uint64_t xring_head(const struct xring *r)
+{
+    return r->head;
+}
 
 #endif

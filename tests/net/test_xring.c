@@ -109,3 +109,47 @@ Test(xring, max_payload_fits)
     }
     xring_free(r);
 }
+
+/* Looking ahead: xring_peek_next walks the published records from the head, in order, across
+ * the padding at the wrap, stops at the tail (and sees records published later), and
+ * consumes nothing: xring_peek then returns the same records again. */
+Test(xring, peek_next_looks_ahead_without_consuming)
+{
+    struct xring *r = xring_new(4096);
+    unsigned next_w = 0, next_r = 0;
+    for (int round = 0; round < 3000; round++) {
+        for (int k = 0; k < 1 + round % 5; k++) {
+            size_t sz = (size_t)((round * 7 + k * 13) % 300) + 4;
+            char *p = xring_reserve(r, sz, 5);
+            if (!p)
+                break;
+            memcpy(p, &next_w, sizeof(next_w));
+            next_w++;
+        }
+        xring_publish(r);
+        /* Look ahead over everything published, then read it all back. */
+        uint64_t cur = xring_head(r);
+        size_t len;
+        uint32_t type;
+        char *q;
+        unsigned seen = 0;
+        while ((q = xring_peek_next(r, &cur, &len, &type))) {
+            unsigned seq;
+            memcpy(&seq, q, sizeof(seq));
+            cr_assert_eq(seq, next_r + seen, "ahead: got %u want %u", seq, next_r + seen);
+            cr_assert_eq(type, 5);
+            seen++;
+        }
+        cr_assert_eq(next_r + seen, next_w, "looked ahead over %u of %u", seen, next_w - next_r);
+        while ((q = xring_peek(r, &len, &type))) {
+            unsigned seq;
+            memcpy(&seq, q, sizeof(seq));
+            cr_assert_eq(seq, next_r, "after looking ahead: got %u want %u", seq, next_r);
+            next_r++;
+            xring_consume(r, len);
+        }
+        cr_assert_eq(next_r, next_w);
+    }
+    cr_assert_gt(next_w, 5000u);
+    xring_free(r);
+}
