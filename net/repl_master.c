@@ -609,7 +609,7 @@ bool repl_master_busy(struct worker *w)
     if (!walking)
         return false;
     if (!w->walk_throttled)
-        return false; /* paced: the millisecond timer brings the next slice */
+        return false; /* paced: the timer (REPL_WALK_PERIOD_US) brings the next slice */
     /* Throttled: sleep, but have replicas ring us as they apply. */
     __atomic_store_n(&repl.ctl.hdr->ack_waiting[w->id], 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
