@@ -97,15 +97,24 @@ int rk_cpus_allowed(int *cpus, int max)
     CPU_ZERO(&set);
     if (sched_getaffinity(0, sizeof(set), &set) == 0)
         for (int c = 0; c < CPU_SETSIZE && n < max; c++)
-            if (CPU_ISSET(c, &set))
-                cpus[n++] = c;
+            if (CPU_ISSET(c, &set)) {
+                if (cpus)
+                    cpus[n] = c;
+                n++;
+            }
     if (n == 0) {
         long online = sysconf(_SC_NPROCESSORS_ONLN);
-        for (long c = 0; c < online && n < max; c++)
-            cpus[n++] = (int)c;
+        for (long c = 0; c < online && n < max; c++) {
+            if (cpus)
+                cpus[n] = (int)c;
+            n++;
+        }
     }
-    if (n == 0 && max > 0)
-        cpus[n++] = 0;
+    if (n == 0 && max > 0) {
+        if (cpus)
+            cpus[0] = 0;
+        n = 1;
+    }
     return n;
 }
 

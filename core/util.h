@@ -35,8 +35,8 @@ int64_t rk_now_us(void);
 uint64_t rk_mono_ns(void);
 
 /* The CPUs this thread may run on (its affinity mask, as `taskset` or a cgroup's cpuset left
- * it), ascending, at most max of them, written to cpus; returns how many (at least 1).  Where
- * the mask can't be read: CPUs 0 .. online-1. */
+ * it), ascending, at most max of them, written to cpus (NULL: only counted); returns how many
+ * (at least 1).  Where the mask can't be read: CPUs 0 .. online-1. */
 int rk_cpus_allowed(int *cpus, int max);
 
 /*

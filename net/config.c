@@ -397,8 +397,7 @@ static const char *opt_show(const struct opt *o, char *num, size_t *len)
  * `taskset -c 4-7 ringkv-server` starts 4 workers, one on each of those CPUs. */
 static int usable_cpus(void)
 {
-    static int cpus[1024];
-    return rk_cpus_allowed(cpus, 1024);
+    return rk_cpus_allowed(NULL, 1024);
 }
 
 void config_defaults(void)

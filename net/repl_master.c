@@ -535,6 +535,11 @@ static void wake_replicas(struct worker *w)
     }
 }
 
+static int64_t mono_us(void)
+{
+    return (int64_t)(rk_mono_ns() / 1000);
+}
+
 void repl_master_pass(struct worker *w)
 {
     if (!repl.ctl.hdr || repl_is_replica())
@@ -549,15 +554,16 @@ void repl_master_pass(struct worker *w)
      * sync never holds the requests of a pass back for long; and at most one pass in
      * REPL_WALK_PERIOD_US walks: between slices the worker serves requests or sleeps (its
      * timer ticks that often while it walks).  So the walk takes at most 40% of the worker's
-     * CPU (30 us in 75), whatever the machine's speed, and leaves the rest to requests and to the replica
-     * that applies what it sends. */
+     * CPU (30 us in 75) whatever the machine's speed, and leaves the rest to requests and to
+     * the replica that applies what it sends.  Monotonic time: a wall clock set back must
+     * not stall a sync. */
     uint32_t own =
         (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) / (uint32_t)srv.nworkers;
     bool walking = false;
     for (uint32_t i = 0; i < own; i++)
         walking |= w->walks[i].active;
     w->walk_paced = walking;
-    int64_t now_us = walking ? rk_now_us() : 0, end_us = 0;
+    int64_t now_us = walking ? mono_us() : 0, end_us = 0;
     if (walking && now_us >= w->walk_next_us) {
         w->walk_next_us = now_us + REPL_WALK_PERIOD_US;
         end_us = now_us + REPL_WALK_SLICE_US;
@@ -583,10 +589,10 @@ void repl_master_pass(struct worker *w)
         do {
             wk->cursor = shard_scan(srv.shards[s], wk->cursor, 1, walk_emit, &a);
             if ((++calls & 15) == 0)
-                now_us = rk_now_us();
+                now_us = mono_us();
         } while (wk->cursor != 0 && a.entries < WALK_SLICE && now_us < end_us &&
                  (room == UINT64_MAX || a.bytes < room / 2));
-        now_us = rk_now_us();
+        now_us = mono_us();
         if (wk->cursor == 0) {
             wk->active = false;
             finish_walk(s, wk->req);

@@ -726,8 +726,7 @@ static void apply(struct shard *sh, const struct ring_rec *r, uint64_t hash)
  * most of what makes applying cheaper than serving the same writes.  Every record read is
  * applied, in order, before a failure is returned.  Returns the last ring_read result.
  */
-static int apply_some(struct worker *w, struct repl_link *L, uint32_t s, uint64_t *pos,
-                      int budget)
+static int apply_some(struct worker *w, struct repl_link *L, uint32_t s, uint64_t *pos, int budget)
 {
     struct shard *sh = srv.shards[s];
     struct ring_rec rec[REPL_APPLY_BATCH];

@@ -987,8 +987,7 @@ static void *repl_thread(void *arg)
      * given fewer CPUs than it has threads), a worker with requests to serve preempts a
      * stream, a full sync's above all, rather than waiting out its time slice. */
     if (setpriority(PRIO_PROCESS, (id_t)gettid(), 10) != 0)
-        rk_log(RK_LOG_VERBOSE, "replication thread: can't lower its priority: %s",
-               strerror(errno));
+        rk_log(RK_LOG_VERBOSE, "replication thread: can't lower its priority: %s", strerror(errno));
     arm_event();
     while (!__atomic_load_n(&T.stop, __ATOMIC_ACQUIRE)) {
         struct io_uring_cqe *cqe;

@@ -171,7 +171,7 @@ struct worker {
     uint32_t walk_seen;
     uint32_t walk_rr;     /* own shard (index) the next walk slice starts at */
     bool walk_paced;      /* walking: the timer ticks every millisecond */
-    int64_t walk_next_us; /* the next walk slice is not before this time */
+    int64_t walk_next_us; /* the next walk slice is not before this (monotonic us) */
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;

@@ -464,8 +464,8 @@ static void arm_timer(struct worker *w)
 {
     /* A faster tick while replies wait for replicas, so sync-timeout is kept to ~10 ms. */
     w->tick.tv_sec = 0;
-    w->tick.tv_nsec = w->walk_paced ? REPL_WALK_PERIOD_US * 1000L
-                                    : (w->sync_held ? 10 : TICK_MS) * 1000000L;
+    w->tick.tv_nsec =
+        w->walk_paced ? REPL_WALK_PERIOD_US * 1000L : (w->sync_held ? 10 : TICK_MS) * 1000000L;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_timeout(sqe, &w->tick, 0, 0);
     io_uring_sqe_set_data64(sqe, UD(NULL, UD_TIMER));
