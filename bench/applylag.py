@@ -227,24 +227,15 @@ class ApplyLag:
                        round(self.peak / 2), s["half"]["rps"], s["half"]["lag_p50_us"],
                        s["half"]["lag_p99_us"], s["peak"]["rps"], s["peak"]["lag_p50_us"],
                        s["peak"]["lag_p99_us"]))
-        if self.notes:
-            out.append("Notes:\n")
-            out += ["- " + n for n in self.notes]
-            out.append("")
-        out.append("Commands (P = the master's port, P2 the replica's, R the rate, F a JSON "
-                   "file):\n")
-        out.append("```")
-        for k, v in self.commands().items():
-            out.append("%-9s %s" % (k + ":", v))
-        out.append("```\n")
+        suite.notes_and_commands(out, self.notes, "P = the master's port, P2 the replica's, "
+                                 "R the rate, F a JSON file", self.commands(), 9)
         return "\n".join(out)
 
     def write(self):
         s = self.summary()
         md = self.markdown(s)
         data = {"started": self.started, "elapsed_s": round(self.elapsed, 1),
-                "machine": {"cpu": suite.cpu_model(), "cores": os.cpu_count(),
-                            "kernel": os.uname().release},
+                "machine": suite.machine_brief(),
                 "settings": {"quick": self.quick, "runs": self.runs,
                              "duration_s": self.duration, "clients": CLIENTS,
                              "pipeline": PIPELINE, "master_threads": suite.MASTER_THREADS,

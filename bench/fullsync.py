@@ -162,25 +162,8 @@ class FullSync:
             c.close()
 
     def preload(self):
-        chunks = suite.preload_chunks()
         t0 = time.monotonic()
-        c = Conn(self.master.port, timeout=30.0)
-        sent = 0
-        try:
-            for n, data in chunks:
-                if sent >= self.keys:
-                    break
-                c.send(data)
-                want = b"+OK\r\n" * n
-                while len(c.buf) < len(want):
-                    c._fill()
-                if bytes(c.buf[:len(want)]) != want:
-                    raise RuntimeError("preload: unexpected reply %r" % bytes(c.buf[:60]))
-                del c.buf[:len(want)]
-                sent += n
-            size = c.cmd("DBSIZE")
-        finally:
-            c.close()
+        size = suite.preload_keys(self.master.port, self.keys)
         self.keys = size
         log("fullsync: master preloaded %d keys in %.1f s" % (size, time.monotonic() - t0))
 
@@ -587,23 +570,15 @@ class FullSync:
                     % p["idle"].get("stderr"), "ok" if p["during"].get("ok") else
                     "failed (%s)" % p["during"].get("stderr"), p["during"].get("sync_why"),
                     p["during"].get("replica_log", "")))
-        if notes:
-            out.append("Notes:\n")
-            out += ["- " + n for n in notes]
-            out.append("")
-        out.append("Commands (P = the master's port, P2 the replica's, F a JSON file):\n")
-        out.append("```")
-        for k, v in self.commands().items():
-            out.append("%-21s %s" % (k + ":", v))
-        out.append("```\n")
+        suite.notes_and_commands(out, notes, "P = the master's port, P2 the replica's, F a "
+                                 "JSON file", self.commands(), 21)
         return "\n".join(out)
 
     def write(self):
         s = self.summary()
         md = self.markdown(s)
         data = {"started": self.started, "elapsed_s": round(self.elapsed, 1),
-                "machine": {"cpu": suite.cpu_model(), "cores": os.cpu_count(),
-                            "kernel": os.uname().release},
+                "machine": suite.machine_brief(),
                 "load_average": {"start": self.load_start, "end": self.load_end},
                 "settings": {"quick": self.quick, "keys": self.keys,
                              "value_size": suite.VALUE_SIZE, "sync_runs": self.runs,

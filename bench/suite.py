@@ -176,6 +176,23 @@ def cpu_model():
     return "?"
 
 
+def machine_brief():
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel": os.uname().release}
+
+
+def notes_and_commands(out, notes, legend, commands, width):
+    """Append a "Notes:" list (if any) and a fenced block of the command lines to out."""
+    if notes:
+        out.append("Notes:\n")
+        out += ["- " + n for n in notes]
+        out.append("")
+    out.append("Commands (%s):\n" % legend)
+    out.append("```")
+    for k, v in commands.items():
+        out.append("%-*s %s" % (width, k + ":", v))
+    out.append("```\n")
+
+
 def write_section(results, stamp, kind, md, data, tag):
     """Write <stamp>-<kind>.{json,md} under results and append md to <stamp>.md (the suite's
     results of the same stamp) and latest.md when the suite's file exists; print md."""
@@ -545,19 +562,7 @@ class Config:
         if self.status != "ok":
             return
         t0 = time.monotonic()
-        c = Conn(self.master.port, timeout=30.0)
-        try:
-            for n, data in preload_chunks():
-                c.send(data)
-                want = b"+OK\r\n" * n
-                while len(c.buf) < len(want):
-                    c._fill()
-                if bytes(c.buf[:len(want)]) != want:
-                    raise RuntimeError("preload: unexpected reply %r" % bytes(c.buf[:60]))
-                del c.buf[:len(want)]
-            size = c.cmd("DBSIZE")
-        finally:
-            c.close()
+        size = preload_keys(self.master.port)
         log("%s: preloaded %d keys in %.1f s" % (self.key, size, time.monotonic() - t0))
         if self.replica is None:
             return
@@ -627,6 +632,28 @@ class Config:
 
 
 _PRELOAD = []
+
+
+def preload_keys(port, limit=None):
+    """Send the preload (or its first chunks, up to at least `limit` keys) to the server on
+    port, pipelined, checking every reply; returns its DBSIZE after."""
+    c = Conn(port, timeout=30.0)
+    sent = 0
+    try:
+        for n, data in preload_chunks():
+            if limit is not None and sent >= limit:
+                break
+            c.send(data)
+            want = b"+OK\r\n" * n
+            while len(c.buf) < len(want):
+                c._fill()
+            if bytes(c.buf[:len(want)]) != want:
+                raise RuntimeError("preload: unexpected reply %r" % bytes(c.buf[:60]))
+            del c.buf[:len(want)]
+            sent += n
+        return c.cmd("DBSIZE")
+    finally:
+        c.close()
 
 
 def preload_chunks():

@@ -87,33 +87,27 @@ def log_lines(s, pattern):
             if re.search(pattern, ln)]
 
 
-# ---- a TCP proxy whose links the test cuts ---------------------------------------------------
+# ---- loopback peers: a TCP proxy whose links the test cuts, and a fake master -----------------
 
 
-class Proxy:
-    """Forwards every connection made to 127.0.0.1:<port> to 127.0.0.1:<target>, both ways.
-    cut() breaks every forwarded connection (both ends see it closed); while `blocked` new
-    connections are accepted and closed at once.  Threads: one accept loop and two pumps per
-    connection, all ended by stop() (shutdown unblocks them) and joined with a timeout."""
+class Listener:
+    """A listening socket on 127.0.0.1:<port> and a thread that accepts connections on it and
+    hands each to self.on_accept(sock) until stop_listening(); threads the subclass starts go
+    in self.threads (joined, with a timeout, by stop_listening)."""
 
-    def __init__(self, target_port):
-        self.target = target_port
+    def __init__(self, backlog):
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(32)
+        self.lsock.listen(backlog)
         self.lsock.settimeout(0.1)
         self.port = self.lsock.getsockname()[1]
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.pairs = []
-        self.threads = []
-        self.blocked = False
-        self.accepted = 0
-        self.forwarded = 0
-        t = threading.Thread(target=self._accept_loop, daemon=True)
-        t.start()
-        self.threads.append(t)
+        self.threads = [threading.Thread(target=self._accept_loop, daemon=True)]
+
+    def start_listening(self):
+        self.threads[0].start()
 
     def _accept_loop(self):
         while not self.stopping.is_set():
@@ -123,29 +117,59 @@ class Proxy:
                 continue
             except OSError:
                 return
-            self.accepted += 1
-            if self.blocked:
+            self.on_accept(c)
+
+    def stop_listening(self, before_join=None, join_s=5):
+        self.stopping.set()
+        try:
+            self.lsock.close()
+        except OSError:
+            pass
+        if before_join:
+            before_join()
+        for t in list(self.threads):
+            t.join(join_s)
+
+
+class Proxy(Listener):
+    """Forwards every connection made to 127.0.0.1:<port> to 127.0.0.1:<target>, both ways.
+    cut() breaks every forwarded connection (both ends see it closed); while `blocked` new
+    connections are accepted and closed at once.  Threads: one accept loop and two pumps per
+    connection, all ended by stop() (shutdown unblocks them) and joined with a timeout."""
+
+    def __init__(self, target_port):
+        super().__init__(32)
+        self.target = target_port
+        self.pairs = []
+        self.blocked = False
+        self.accepted = 0
+        self.forwarded = 0
+        self.start_listening()
+
+    def on_accept(self, c):
+        self.accepted += 1
+        if self.blocked:
+            c.close()
+            return
+        try:
+            u = socket.create_connection(("127.0.0.1", self.target), timeout=2)
+        except OSError:
+            c.close()
+            return
+        c.settimeout(None)
+        u.settimeout(None)
+        pair = {"socks": (c, u), "left": 2}
+        with self.lock:
+            if self.stopping.is_set():
                 c.close()
-                continue
-            try:
-                u = socket.create_connection(("127.0.0.1", self.target), timeout=2)
-            except OSError:
-                c.close()
-                continue
-            c.settimeout(None)
-            u.settimeout(None)
-            pair = {"socks": (c, u), "left": 2}
-            with self.lock:
-                if self.stopping.is_set():
-                    c.close()
-                    u.close()
-                    return
-                self.pairs.append(pair)
-                self.forwarded += 1
-                for src, dst in ((c, u), (u, c)):
-                    t = threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True)
-                    t.start()
-                    self.threads.append(t)
+                u.close()
+                return
+            self.pairs.append(pair)
+            self.forwarded += 1
+            for src, dst in ((c, u), (u, c)):
+                t = threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True)
+                t.start()
+                self.threads.append(t)
 
     def _pump(self, pair, src, dst):
         try:
@@ -187,15 +211,8 @@ class Proxy:
         return len(pairs)
 
     def stop(self):
-        self.stopping.set()
         self.blocked = True
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
-        self.cut()
-        for t in list(self.threads):
-            t.join(5)
+        self.stop_listening(before_join=self.cut, join_s=5)
 
 
 # ---- a fake master and a fake replica --------------------------------------------------------
@@ -261,7 +278,7 @@ def boot_id():
         return f.read().strip()
 
 
-class FakeMaster:
+class FakeMaster(Listener):
     """Answers RINGKV.SHMINFO like a master with `nshards` shards of `ring` bytes and no Unix
     socket, PING and AUTH; for the i-th RINGKV.PSYNC it runs scenarios[i](sock, psync_args)
     (then closes), and past the last one answers -ERR.  Every connection has a thread; stop()
@@ -276,28 +293,13 @@ class FakeMaster:
         self.results = []     # what each scenario reported
         self.refused = 0      # PSYNCs answered -ERR (after the scenarios)
         self.errors = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
-        self.lsock.settimeout(0.1)
-        self.port = self.lsock.getsockname()[1]
-        self.threads = [threading.Thread(target=self._accept_loop, daemon=True)]
-        self.threads[0].start()
+        super().__init__(16)
+        self.start_listening()
 
-    def _accept_loop(self):
-        while not self.stopping.is_set():
-            try:
-                c, _ = self.lsock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            t = threading.Thread(target=self._serve, args=(c,), daemon=True)
-            t.start()
-            self.threads.append(t)
+    def on_accept(self, c):
+        t = threading.Thread(target=self._serve, args=(c,), daemon=True)
+        t.start()
+        self.threads.append(t)
 
     def _serve(self, c):
         buf = bytearray()
@@ -339,13 +341,7 @@ class FakeMaster:
             c.close()
 
     def stop(self):
-        self.stopping.set()
-        try:
-            self.lsock.close()
-        except OSError:
-            pass
-        for t in list(self.threads):
-            t.join(8)
+        self.stop_listening(join_s=8)
 
 
 def wait_closed_by_peer(sock, timeout):
