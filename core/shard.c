@@ -989,3 +989,109 @@ uint64_t shard_scan(struct shard *s, uint64_t cursor, size_t count, shard_visit_
     }
     return v;
 }
+
+/*
+ * THE SNAPSHOT WALK (shard_walk_*)
+ *
+ * A full sync walks every shard once, between requests, and SCAN's reverse-binary order is
+ * slow for that: each step jumps to a distant bucket, so every bucket costs a cache miss on
+ * its tag, one on its slot and one per entry of its run, and a run's entries are read again
+ * for every home bucket inside it.  Measured on a 2-vCPU VM, 1,000,000 keys took about 1 s of
+ * CPU that way, nearly all of it stalled on memory.  The walk instead takes home buckets in
+ * plain increasing order, a range at a time, and reads the slots of the range front to back:
+ * tags and slots stream in, each entry is read about once, and the entries a few slots ahead
+ * are prefetched.
+ *
+ * The order is only safe because the walk keeps one mask, m, for its whole life: the larger
+ * table's mask when it began.  Its position p means "every entry whose hash & m is below p has
+ * been visited".  A step visits the entries with hash & m in [p, p + n) in every table that
+ * exists at that moment (the current one and, during a resize, the old one); entries move from
+ * the old table to the new one only between steps (the visit function changes nothing), and
+ * inside a table an entry moves only within the run of its home bucket, so an entry present
+ * for the whole walk is in one of the tables, at a place the step reads, when its range comes
+ * up.  Tables may grow or shrink any number of times meanwhile:
+ *   - a table with mask M >= m holds those entries in the home buckets hi + [p, p + n) for
+ *     every multiple hi of m + 1 below M + 1;
+ *   - a table with M < m holds them in the buckets (h & M) for h in [p, p + n), one cyclic
+ *     range, where other entries sit too: they are filtered out by hash & m, so a table that
+ *     shrank below m is read more than once over the walk, but nothing is visited twice.
+ * Reading the home buckets [A, B) of a table: scan from slot A until the slot before B has
+ * been read and an empty slot is reached.  An entry sits in the run that starts at its home
+ * bucket, with no empty slot between its home and itself, so none is missed; the entries of
+ * other homes met on the way (the end of a run that began before A, or one that runs past B)
+ * are filtered out by their hash.
+ */
+#define WALK_PREFETCH 8 /* slots ahead whose entries are prefetched */
+
+static size_t walk_homes(const struct shard *s, const struct table *t, size_t A, size_t B,
+                         uint64_t fmask, uint64_t lo, uint64_t hi, shard_visit_fn *fn, void *arg)
+{
+    size_t M = t->mask, n = 0;
+    size_t i = A;
+    for (size_t seen = 0; seen <= M; seen++, i = (i + 1) & M) {
+        size_t j = (i + WALK_PREFETCH) & M;
+        if (t->tags[j] & TAG_LIVE)
+            __builtin_prefetch(ent_at(s, t, t->slots[j]));
+        uint8_t g = t->tags[i];
+        if (g == TAG_EMPTY) {
+            if (seen >= B - A)
+                break;
+            continue;
+        }
+        if (!(g & TAG_LIVE))
+            continue;
+        const struct kv_entry *e = ent_at(s, t, t->slots[i]);
+        uint64_t h = ent_hash(e);
+        /* Its home in [A, B) (a scan that wrapped past the end reads the start of the table,
+         * whose homes another call covers), and its hash in the walk's range. */
+        if ((h & M) - A < B - A && (h & fmask) - lo < hi - lo) {
+            fn(arg, e);
+            n++;
+        }
+    }
+    return n;
+}
+
+/* Visit the entries of t whose hash & m is in [a, b) (b <= m + 1). */
+static size_t walk_table(const struct shard *s, const struct table *t, uint64_t m, uint64_t a,
+                         uint64_t b, shard_visit_fn *fn, void *arg)
+{
+    if (!t->slots)
+        return 0;
+    uint64_t M = t->mask;
+    size_t n = 0;
+    if (M >= m) {
+        for (uint64_t base = 0; base <= M; base += m + 1)
+            n += walk_homes(s, t, base + a, base + b, M, base + a, base + b, fn, arg);
+        return n;
+    }
+    if (b - a > M) /* the range covers every bucket of t */
+        return walk_homes(s, t, 0, M + 1, m, a, b, fn, arg);
+    uint64_t A = a & M, B = A + (b - a);
+    if (B <= M + 1)
+        return walk_homes(s, t, A, B, m, a, b, fn, arg);
+    n = walk_homes(s, t, A, M + 1, m, a, b, fn, arg);
+    return n + walk_homes(s, t, 0, B - (M + 1), m, a, b, fn, arg);
+}
+
+void shard_walk_begin(const struct shard *s, struct shard_walk *wk)
+{
+    wk->next = 0;
+    wk->mask = s->cur.mask;
+    if (resizing(s) && s->old.mask > wk->mask)
+        wk->mask = s->old.mask;
+}
+
+bool shard_walk_step(struct shard *s, struct shard_walk *wk, size_t nbuckets, shard_visit_fn *fn,
+                     void *arg)
+{
+    uint64_t m = wk->mask, a = wk->next;
+    if (a > m)
+        return true;
+    uint64_t b = nbuckets > m + 1 - a ? m + 1 : a + (nbuckets ? nbuckets : 1);
+    walk_table(s, &s->cur, m, a, b, fn, arg);
+    if (resizing(s))
+        walk_table(s, &s->old, m, a, b, fn, arg);
+    wk->next = b;
+    return b > m;
+}

@@ -34,7 +34,10 @@
 struct repl_state repl = {.unix_fd = -1};
 
 #define HEARTBEAT_TIMEOUT_MS 3000
-#define WALK_SLICE 256 /* entries of one shard in one go */
+#define WALK_SLICE 1024 /* entries of one shard in one go */
+#define WALK_BUCKETS 64 /* home buckets per walk step */
+/* Below this much of the slice's headroom left, a walk step takes one bucket. */
+#define WALK_STEP_ROOM ((uint64_t)1 << 20)
 
 /* ---- the log ------------------------------------------------------------------------------ */
 
@@ -496,7 +499,7 @@ static void start_walks(struct worker *w, uint32_t req)
         }
         struct repl_walk *wk = &w->walks[s / (uint32_t)srv.nworkers];
         wk->active = true;
-        wk->cursor = 0;
+        shard_walk_begin(srv.shards[s], &wk->sw);
         wk->req = req;
     }
 }
@@ -579,21 +582,22 @@ void repl_master_pass(struct worker *w)
             w->walk_throttled = true;
             continue;
         }
-        /* Walk one home bucket at a time until the slice has appended half the headroom
-         * (or WALK_SLICE entries, or the time is up): what one call appends is one bucket's
-         * entries, each at most a quarter ring, and walk_throttled keeps at least that much
-         * room. */
+        /* Walk WALK_BUCKETS home buckets at a time until the slice has appended half the
+         * headroom (or WALK_SLICE entries, or the time is up).  What one step appends is a
+         * few buckets' entries, far less than the headroom unless values are huge; near the
+         * limit, steps take one bucket, whose entries are each at most a quarter ring, and
+         * walk_throttled keeps at least that much room. */
         uint64_t room = walk_headroom(s);
         struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
-        unsigned calls = 0;
+        bool done;
         do {
-            wk->cursor = shard_scan(srv.shards[s], wk->cursor, 1, walk_emit, &a);
-            if ((++calls & 15) == 0)
-                now_us = mono_us();
-        } while (wk->cursor != 0 && a.entries < WALK_SLICE && now_us < end_us &&
+            size_t nb =
+                room == UINT64_MAX || room / 2 - a.bytes > WALK_STEP_ROOM ? WALK_BUCKETS : 1;
+            done = shard_walk_step(srv.shards[s], &wk->sw, nb, walk_emit, &a);
+            now_us = mono_us();
+        } while (!done && a.entries < WALK_SLICE && now_us < end_us &&
                  (room == UINT64_MAX || a.bytes < room / 2));
-        now_us = mono_us();
-        if (wk->cursor == 0) {
+        if (done) {
             wk->active = false;
             finish_walk(s, wk->req);
             w->repl_appended = true; /* wake the readers: a TCP sender passes the end on */

@@ -129,7 +129,7 @@ struct conn {
 /* A full-sync walk of one shard (net/repl_master.c). */
 struct repl_walk {
     bool active;
-    uint64_t cursor;
+    struct shard_walk sw;
     uint32_t req;
 };
 
@@ -179,9 +179,9 @@ struct worker {
     uint64_t *rpos;    /* replica: per own shard, next log position to apply */
     uint8_t *rstarted; /* replica: per own shard, rpos is valid */
     char *rbuf[REPL_APPLY_BATCH]; /* replica: record copy buffers, one per record of a batch */
-    void *ssync;       /* per own shard: held replies and commands (net/repl_sync.c) */
-    int64_t sync_held; /* entries held in all our shards' queues */
-    bool sync_wrote;   /* the command running now changed its shard */
+    void *ssync;                  /* per own shard: held replies and commands (net/repl_sync.c) */
+    int64_t sync_held;            /* entries held in all our shards' queues */
+    bool sync_wrote;              /* the command running now changed its shard */
     int64_t last_tick_ms;
     uint64_t lag_hist[REPL_LAG_BUCKETS]; /* replica: apply lag samples (relaxed counters) */
     size_t rcap[REPL_APPLY_BATCH];

@@ -812,6 +812,195 @@ Test(shard, scan_with_churn_mid_resize)
 }
 
 /* ---------------------------------------------------------------------------------------- */
+/* The snapshot walk                                                                         */
+
+/* Walk s in steps of nbuckets; between steps, churn(s, step) may change it.  Returns the
+ * number of steps. */
+static unsigned walk_all(struct shard *s, size_t nbuckets, struct seen *sn,
+                         void (*churn)(struct shard *, unsigned), unsigned *steps_in_resize)
+{
+    struct shard_walk wk;
+    shard_walk_begin(s, &wk);
+    unsigned steps = 0;
+    for (;;) {
+        if (steps_in_resize && in_resize(s))
+            (*steps_in_resize)++;
+        bool done = shard_walk_step(s, &wk, nbuckets, count_visit, sn);
+        steps++;
+        cr_assert_lt(steps, 10000000);
+        if (done)
+            break;
+        if (churn)
+            churn(s, steps);
+    }
+    /* Once done, a step does nothing more. */
+    size_t calls = sn->calls;
+    cr_assert(shard_walk_step(s, &wk, nbuckets, count_visit, sn));
+    cr_assert_eq(sn->calls, calls);
+    return steps;
+}
+
+Test(shard, walk_visits_each_entry_once)
+{
+    enum { N = 20000 };
+    struct shard *s = shard_new();
+    struct seen sn = {.hits = calloc(N, sizeof(unsigned)), .n = N};
+    walk_all(s, 64, &sn, NULL, NULL);
+    cr_assert_eq(sn.calls, 0, "an empty shard has nothing to walk");
+    for (unsigned i = 0; i < N; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    while (shard_rehash_step(s, 1000))
+        ;
+    size_t sizes[] = {0, 1, 7, 64, 1000, SIZE_MAX};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        memset(sn.hits, 0, N * sizeof(unsigned));
+        sn.calls = 0;
+        unsigned steps = walk_all(s, sizes[k], &sn, NULL, NULL);
+        cr_assert_eq(sn.calls, N, "step size %zu: %zu visits", sizes[k], sn.calls);
+        for (unsigned i = 0; i < N; i++)
+            cr_assert_eq(sn.hits[i], 1, "step size %zu: key %u seen %u times", sizes[k], i,
+                         sn.hits[i]);
+        if (sizes[k] == 64)
+            cr_assert_gt(steps, 100, "a step takes about nbuckets buckets, not the table");
+    }
+    free(sn.hits);
+    shard_free(s);
+}
+
+enum { WALK_BASE = 3000, WALK_TOTAL = 200000 };
+static unsigned walk_next, walk_oldest;
+
+static void churn_grow(struct shard *s, unsigned step)
+{
+    for (unsigned k = 0; k < 40 && walk_next < WALK_TOTAL; k++)
+        put_i(s, walk_next++, KV_NO_EXPIRE);
+}
+
+static void churn_shrink(struct shard *s, unsigned step)
+{
+    /* Delete all but every 50th key of [0, 40000), in batches. */
+    for (unsigned k = 0; k < 200 && walk_oldest < 40000; walk_oldest++) {
+        if (walk_oldest % 50) {
+            cr_assert_eq(del_i(s, walk_oldest), 1);
+            k++;
+        }
+    }
+}
+
+static void churn_mixed(struct shard *s, unsigned step)
+{
+    /* Phases of growth and of shrinkage, with same-size rebuilds between; keys below
+     * WALK_BASE stay. */
+    unsigned adds = (step / 64) % 2 ? 50 : 5;
+    for (unsigned k = 0; k < adds && walk_next < WALK_TOTAL; k++)
+        put_i(s, walk_next++, KV_NO_EXPIRE);
+    for (unsigned k = 0; k < 20 && walk_oldest < walk_next; k++)
+        del_i(s, walk_oldest++);
+}
+
+Test(shard, walk_spans_growth)
+{
+    struct shard *s = shard_new();
+    for (unsigned i = 0; i < WALK_BASE; i++)
+        put_i(s, i, KV_NO_EXPIRE);
+    struct seen sn = {.hits = calloc(WALK_TOTAL, sizeof(unsigned)), .n = WALK_TOTAL};
+    walk_next = WALK_BASE;
+    unsigned in_rs = 0;
+    walk_all(s, 3, &sn, churn_grow, &in_rs);
+    cr_assert_gt(in_rs, 0);
+    cr_assert_gt(walk_next, WALK_BASE * 8, "the table did not grow several times");
+    for (unsigned i = 0; i < WALK_BASE; i++)
+        cr_assert_eq(sn.hits[i], 1, "key %u present throughout, seen %u times", i, sn.hits[i]);
+    free(sn.hits);
+    shard_free(s);
+}
+
+Test(shard, walk_spans_shrink)
+{
+    /* Steps of 3 and 7 buckets: their ranges straddle the end of a table that shrank below
+     * the walk's mask, which steps of 2 (dividing every table size) never do. */
+    enum { N = 40000 };
+    size_t sizes[] = {2, 3, 7};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        struct shard *s = shard_new();
+        for (unsigned i = 0; i < N; i++)
+            put_i(s, i, KV_NO_EXPIRE);
+        while (shard_rehash_step(s, 1000))
+            ;
+        struct seen sn = {.hits = calloc(N, sizeof(unsigned)), .n = N};
+        walk_oldest = 0;
+        unsigned in_rs = 0;
+        walk_all(s, sizes[k], &sn, churn_shrink, &in_rs);
+        cr_assert_gt(in_rs, 0);
+        for (unsigned i = 0; i < N; i += 50)
+            cr_assert_eq(sn.hits[i], 1, "step size %zu: survivor %u seen %u times", sizes[k], i,
+                         sn.hits[i]);
+        free(sn.hits);
+        shard_free(s);
+    }
+}
+
+Test(shard, walk_with_churn_mid_resize)
+{
+    size_t sizes[] = {1, 5, 64};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        struct shard *s = shard_new();
+        for (unsigned i = 0; i < WALK_BASE; i++)
+            put_i(s, i, KV_NO_EXPIRE);
+        struct seen sn = {.hits = calloc(WALK_TOTAL, sizeof(unsigned)), .n = WALK_TOTAL};
+        walk_next = walk_oldest = WALK_BASE;
+        unsigned in_rs = 0;
+        walk_all(s, sizes[k], &sn, churn_mixed, &in_rs);
+        if (sizes[k] < 64) /* a walk of 64-bucket steps can end before a resize starts */
+            cr_assert_gt(in_rs, 0);
+        for (unsigned i = 0; i < WALK_BASE; i++)
+            cr_assert_eq(sn.hits[i], 1, "step size %zu: key %u seen %u times", sizes[k], i,
+                         sn.hits[i]);
+        free(sn.hits);
+        shard_free(s);
+    }
+}
+
+Test(shard, walk_begun_mid_resize)
+{
+    /* Begun while a grow is in progress (keys in both tables), then more keys come. */
+    struct shard *s = shard_new();
+    unsigned n = 0;
+    while (n < 5000 || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned base = n;
+    struct seen sn = {.hits = calloc(WALK_TOTAL, sizeof(unsigned)), .n = WALK_TOTAL};
+    walk_next = base;
+    walk_all(s, 4, &sn, churn_grow, NULL);
+    for (unsigned i = 0; i < base; i++)
+        cr_assert_eq(sn.hits[i], 1, "key %u seen %u times", i, sn.hits[i]);
+    free(sn.hits);
+    /* Begun while a shrink is in progress: the old table is the larger one. */
+    struct shard *t = shard_new();
+    for (unsigned i = 0; i < 40000; i++)
+        put_i(t, i, KV_NO_EXPIRE);
+    while (shard_rehash_step(t, 1000))
+        ;
+    unsigned d = 0;
+    while (!in_resize(t))
+        if (d % 50 == 0)
+            d++;
+        else
+            cr_assert_eq(del_i(t, d++), 1);
+    struct seen sm = {.hits = calloc(40000, sizeof(unsigned)), .n = 40000};
+    walk_oldest = d;
+    walk_all(t, 8, &sm, churn_shrink, NULL);
+    for (unsigned i = 0; i < 40000; i++)
+        if (i % 50 == 0 || i >= d)
+            cr_assert_leq(sm.hits[i], 1, "key %u seen %u times", i, sm.hits[i]);
+    for (unsigned i = 0; i < 40000; i += 50)
+        cr_assert_eq(sm.hits[i], 1, "survivor %u seen %u times", i, sm.hits[i]);
+    free(sm.hits);
+    shard_free(t);
+    shard_free(s);
+}
+
+/* ---------------------------------------------------------------------------------------- */
 
 Test(shard, foreach_visits_all_even_mid_resize)
 {
