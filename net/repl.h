@@ -189,6 +189,10 @@ static inline void repl_str_get(char *out, size_t cap, const char *src)
  * (net/worker.c). */
 #define REPL_WALK_SLICE_US 30
 #define REPL_WALK_PERIOD_US 75
+/* ... unless no client command came for this long (to any worker): then a worker walks
+ * whenever it has nothing else to do, and a full sync of an idle master goes at the speed of
+ * the replica. */
+#define REPL_WALK_QUIET_US 2000
 
 #define REPL_INC(x) __atomic_fetch_add(&(x), 1, __ATOMIC_RELAXED)
 #define REPL_GET(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)

@@ -556,10 +556,14 @@ void repl_master_pass(struct worker *w)
     /* A pass walks for at most REPL_WALK_SLICE_US, taking the shards in turn, so that a full
      * sync never holds the requests of a pass back for long; and at most one pass in
      * REPL_WALK_PERIOD_US walks: between slices the worker serves requests or sleeps (its
-     * timer ticks that often while it walks).  So the walk takes at most 40% of the worker's
-     * CPU (30 us in 75) whatever the machine's speed, and leaves the rest to requests and to
-     * the replica that applies what it sends.  Monotonic time: a wall clock set back must
-     * not stall a sync. */
+     * timer ticks that often while it walks).  So while clients are being served the walk
+     * takes at most 40% of the worker's CPU (30 us in 75) whatever the machine's speed, and
+     * leaves the rest to requests and to the replica that applies what it sends.  When no
+     * worker has run a client command for REPL_WALK_QUIET_US, the master is idle: a pass that
+     * had no completions walks a slice at once and the worker does not sleep between slices,
+     * so the walk goes as fast as the replica takes it (walk_throttled still holds it to half
+     * a ring ahead); the first command brings the pacing back within a slice.  Monotonic
+     * time: a wall clock set back must not stall a sync. */
     uint32_t own =
         (srv.nshards - (uint32_t)w->id + (uint32_t)srv.nworkers - 1) / (uint32_t)srv.nworkers;
     bool walking = false;
@@ -567,7 +571,18 @@ void repl_master_pass(struct worker *w)
         walking |= w->walks[i].active;
     w->walk_paced = walking;
     int64_t now_us = walking ? mono_us() : 0, end_us = 0;
-    if (walking && now_us >= w->walk_next_us) {
+    w->walk_quiet = false;
+    if (walking) {
+        uint64_t cmds = 0;
+        for (int j = 0; j < srv.nworkers; j++)
+            cmds += STAT_GET(srv.workers[j], total_commands_processed);
+        if (cmds != w->walk_cmds) {
+            w->walk_cmds = cmds;
+            w->walk_cmd_us = now_us;
+        }
+        w->walk_quiet = now_us - w->walk_cmd_us >= REPL_WALK_QUIET_US;
+    }
+    if (walking && (now_us >= w->walk_next_us || (w->walk_quiet && w->pass_cqes == 0))) {
         w->walk_next_us = now_us + REPL_WALK_PERIOD_US;
         end_us = now_us + REPL_WALK_SLICE_US;
     }
@@ -618,8 +633,8 @@ bool repl_master_busy(struct worker *w)
         walking |= w->walks[i].active;
     if (!walking)
         return false;
-    if (!w->walk_throttled)
-        return false; /* paced: the timer (REPL_WALK_PERIOD_US) brings the next slice */
+    if (!w->walk_throttled) /* quiet: walk on at once; else the timer brings the next slice */
+        return w->walk_quiet;
     /* Throttled: sleep, but have replicas ring us as they apply. */
     __atomic_store_n(&repl.ctl.hdr->ack_waiting[w->id], 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);

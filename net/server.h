@@ -172,6 +172,10 @@ struct worker {
     uint32_t walk_rr;     /* own shard (index) the next walk slice starts at */
     bool walk_paced;      /* walking: the timer ticks every millisecond */
     int64_t walk_next_us; /* the next walk slice is not before this (monotonic us) */
+    unsigned pass_cqes;   /* completions the current loop pass handled */
+    uint64_t walk_cmds;   /* all workers' commands processed, when last looked at */
+    int64_t walk_cmd_us;  /* when that count last changed (monotonic us) */
+    bool walk_quiet;      /* walking, and no client command for REPL_WALK_QUIET_US */
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;

@@ -708,6 +708,7 @@ static void *worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
+        w->pass_cqes = n;
         __atomic_store_n(&w->passes, w->passes + 1, __ATOMIC_RELAXED);
         drain_xrings(w);
         if (!repl_is_replica()) {
