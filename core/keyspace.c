@@ -81,9 +81,9 @@ struct kv_entry *ks_lookup_read(struct ks_ctx *ctx, const char *key, size_t klen
 struct kv_entry *ks_store(struct ks_ctx *ctx, const char *key, size_t klen, const char *val,
                           size_t vlen, int64_t expire_ms)
 {
-    /* shard_entry_new copies val before shard_put frees the entry it may point into. */
-    struct kv_entry *e = shard_entry_new(ctx->shard, key, klen, val, vlen, expire_ms);
-    shard_put(ctx->shard, ctx->hash, e);
+    /* val may point into the key's current entry: shard_set copies it before that entry is
+     * freed, or moves it within the entry. */
+    struct kv_entry *e = shard_set(ctx->shard, ctx->hash, key, klen, val, vlen, expire_ms);
     if (ctx->on_change)
         ctx->on_change(ctx->on_change_arg, KS_CHANGE_SET, e, key, klen);
     return e;

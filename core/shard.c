@@ -767,16 +767,12 @@ struct kv_entry *shard_get(struct shard *s, uint64_t hash, const char *key, size
     return NULL;
 }
 
-void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e)
+/* Put e, whose key was looked up: found at slot i of t (cur or old), or i == NOT_FOUND in
+ * both tables. */
+static void put_looked_up(struct shard *s, uint64_t hash, struct kv_entry *e, struct table *t,
+                          size_t i)
 {
-    size_t klen, vlen;
-    const char *key = ent_parse(e, &klen, &vlen);
-
-    if (resizing(s))
-        migrate(s, MIG_STEP, false, 0, NULL, NULL);
-    struct table *t = &s->cur;
-    size_t i = tab_find(s, t, hash, key, klen);
-    if (i != NOT_FOUND) {
+    if (i != NOT_FOUND && t == &s->cur) {
         uint32_t oref = t->slots[i];
         struct kv_entry *old = ent_at(s, t, oref);
         acct_sub(s, old);
@@ -786,11 +782,10 @@ void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e)
         mem_sync(s);
         return;
     }
-    if (resizing(s)) {
-        i = tab_find(s, &s->old, hash, key, klen);
-        if (i != NOT_FOUND)
-            drop_slot(s, &s->old, i, NULL, NULL);
-    } else if (t->live + t->tombs >= tab_max_fill(t)) {
+    t = &s->cur;
+    if (i != NOT_FOUND) {
+        drop_slot(s, &s->old, i, NULL, NULL);
+    } else if (!resizing(s) && t->live + t->tombs >= tab_max_fill(t)) {
         size_t n = t->mask + 1;
         resize_start(s, t->live >= tab_max_fill(t) / 2 ? 2 * n : n);
     }
@@ -798,6 +793,64 @@ void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e)
     tab_insert(&s->cur, hash, ent_adopt(s, &s->cur, e));
     acct_add(s, e);
     mem_sync(s);
+}
+
+void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e)
+{
+    size_t klen, vlen;
+    const char *key = ent_parse(e, &klen, &vlen);
+
+    if (resizing(s))
+        migrate(s, MIG_STEP, false, 0, NULL, NULL);
+    struct table *t = &s->cur;
+    size_t i = tab_find(s, t, hash, key, klen);
+    if (i == NOT_FOUND && resizing(s)) {
+        t = &s->old;
+        i = tab_find(s, t, hash, key, klen);
+    }
+    put_looked_up(s, hash, e, t, i);
+}
+
+/* Overwrite e's value and deadline in place: same value length, same deadline presence. */
+static void ent_overwrite(struct kv_entry *e, const char *val, size_t vlen, int64_t expire_ms)
+{
+    size_t klen, olen;
+    uint8_t *p = (uint8_t *)varint_get(e->rest, &klen);
+    p = (uint8_t *)varint_get(p, &olen);
+    if (e->flags & ENT_DEADLINE) {
+        memcpy(p, &expire_ms, sizeof(expire_ms));
+        p += sizeof(expire_ms);
+    }
+    if (vlen)
+        memmove(p + klen, val, vlen); /* val may be this very value */
+}
+
+struct kv_entry *shard_set(struct shard *s, uint64_t hash, const char *key, size_t klen,
+                           const char *val, size_t vlen, int64_t expire_ms)
+{
+    if (resizing(s))
+        migrate(s, MIG_STEP, false, 0, NULL, NULL);
+    /* The usual cache write replaces a value with one of the same length: it then keeps its
+     * entry, and no memory is freed or taken (nor the accounting touched). */
+    struct table *t = &s->cur;
+    size_t i = tab_find(s, t, hash, key, klen);
+    if (i == NOT_FOUND && resizing(s)) {
+        t = &s->old;
+        i = tab_find(s, t, hash, key, klen);
+    }
+    if (i != NOT_FOUND) {
+        struct kv_entry *e = ent_at(s, t, t->slots[i]);
+        size_t ol;
+        kv_entry_val(e, &ol);
+        if (ol == vlen && !(e->flags & ENT_DEADLINE) == (expire_ms == KV_NO_EXPIRE)) {
+            ent_overwrite(e, val, vlen, expire_ms);
+            return e;
+        }
+    }
+    /* A new entry is filled before the old one is freed (val may point into it). */
+    struct kv_entry *e = shard_entry_new(s, key, klen, val, vlen, expire_ms);
+    put_looked_up(s, hash, e, t, i);
+    return e;
 }
 
 int shard_del(struct shard *s, uint64_t hash, const char *key, size_t klen)

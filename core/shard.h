@@ -81,6 +81,12 @@ void shard_prefetch_entry(const struct shard *s, uint64_t hash);
  * of e, which comes from kv_entry_new or from shard_entry_new(s, ...).  hash is the hash of
  * e's key. */
 void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e);
+/* Set key to val (with deadline expire_ms, or KV_NO_EXPIRE) and return its entry: the
+ * existing entry overwritten in place when its value has the same length and it has a
+ * deadline exactly when the new one does, else a new entry from the shard's slabs that
+ * replaces it (shard_entry_new + shard_put).  val may point into the existing entry. */
+struct kv_entry *shard_set(struct shard *s, uint64_t hash, const char *key, size_t klen,
+                           const char *val, size_t vlen, int64_t expire_ms);
 /* Remove and free the entry for key.  Returns 1 if there was one, 0 if not. */
 int shard_del(struct shard *s, uint64_t hash, const char *key, size_t klen);
 /* Remove and free every entry; the table shrinks back to its initial size and the slab

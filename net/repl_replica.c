@@ -707,7 +707,7 @@ static void apply(struct shard *sh, const struct ring_rec *r, uint64_t hash)
 {
     switch (r->type) {
     case RING_SET:
-        shard_put(sh, hash, shard_entry_new(sh, r->key, r->klen, r->val, r->vlen, r->expire_ms));
+        shard_set(sh, hash, r->key, r->klen, r->val, r->vlen, r->expire_ms);
         break;
     case RING_DEL:
         shard_del(sh, hash, r->key, r->klen);
@@ -720,40 +720,55 @@ static void apply(struct shard *sh, const struct ring_rec *r, uint64_t hash)
 
 /*
  * Apply up to `budget` records of shard s from *pos on, advancing *pos past each one applied.
- * Records are read (copied and checked) REPL_APPLY_BATCH at a time and their lookups started
- * before the first of them is applied: on a table larger than the caches, each lookup costs a
- * miss on the tag group and another on the entry, and overlapping them across the batch is
- * most of what makes applying cheaper than serving the same writes.  Every record read is
- * applied, in order, before a failure is returned.  Returns the last ring_read result.
+ * On a table larger than the caches each apply costs a miss on the tag group and another on
+ * the entry, one after the other; a software pipeline overlaps them across records.  Record k
+ * is read (copied and checked) and its tag group prefetched, its entry is prefetched once
+ * record k + AHEAD has been read (its tags have arrived by then), and it is applied once
+ * record k + 2 * AHEAD has been (its entry has arrived).  The REPL_APPLY_BATCH = 2 * AHEAD
+ * read buffers hold the records between their reading and their applying.  Every record read
+ * is applied, in order, before a failure is returned.  Returns the last ring_read result.
  */
+#define AHEAD (REPL_APPLY_BATCH / 2)
+
+static void prefetch_rec(struct shard *sh, const struct ring_rec *r, uint64_t hash)
+{
+    if (r->type != RING_FLUSH)
+        shard_prefetch_entry(sh, hash);
+}
+
 static int apply_some(struct worker *w, struct repl_link *L, uint32_t s, uint64_t *pos, int budget)
 {
     struct shard *sh = srv.shards[s];
     struct ring_rec rec[REPL_APPLY_BATCH];
     uint64_t hash[REPL_APPLY_BATCH];
-    int rc = RING_NONE;
-    for (int done = 0; done < budget;) {
-        int n = 0;
-        while (n < REPL_APPLY_BATCH && done + n < budget) {
-            rc = ring_read(&L->log, s, *pos, &w->rbuf[n], &w->rcap[n], &rec[n]);
-            if (rc != RING_OK)
-                break;
-            *pos = rec[n].next;
-            hash[n] = 0;
-            if (rec[n].type != RING_FLUSH) {
-                hash[n] = kv_hash(rec[n].key, rec[n].klen);
-                shard_prefetch(sh, hash[n]);
-            }
-            n++;
-        }
-        for (int j = 0; j < n; j++)
-            if (rec[j].type != RING_FLUSH)
-                shard_prefetch_entry(sh, hash[j]);
-        for (int j = 0; j < n; j++)
+    int rc = RING_OK, nread = 0, napplied = 0;
+    while (rc == RING_OK && nread < budget) {
+        if (nread - napplied == REPL_APPLY_BATCH) {
+            int j = napplied++ % REPL_APPLY_BATCH;
             apply(sh, &rec[j], hash[j]);
-        done += n;
+        }
+        int j = nread % REPL_APPLY_BATCH;
+        rc = ring_read(&L->log, s, *pos, &w->rbuf[j], &w->rcap[j], &rec[j]);
         if (rc != RING_OK)
             break;
+        *pos = rec[j].next;
+        hash[j] = 0;
+        if (rec[j].type != RING_FLUSH) {
+            hash[j] = kv_hash(rec[j].key, rec[j].klen);
+            shard_prefetch(sh, hash[j]);
+        }
+        if (nread >= AHEAD) {
+            int k = (nread - AHEAD) % REPL_APPLY_BATCH;
+            prefetch_rec(sh, &rec[k], hash[k]);
+        }
+        nread++;
+    }
+    /* No more to read: the last AHEAD records' entries, then every record still held. */
+    for (int k = nread - AHEAD > napplied ? nread - AHEAD : napplied; k < nread; k++)
+        prefetch_rec(sh, &rec[k % REPL_APPLY_BATCH], hash[k % REPL_APPLY_BATCH]);
+    while (napplied < nread) {
+        int j = napplied++ % REPL_APPLY_BATCH;
+        apply(sh, &rec[j], hash[j]);
     }
     return rc;
 }

@@ -123,8 +123,8 @@ struct conn {
 /* Replica apply lag histogram: 10 us buckets below 1 ms, then 1 ms buckets to 100 ms. */
 #define REPL_LAG_BUCKETS 200
 /* A replica reads this many log records ahead of applying them, so that their table lookups'
- * cache misses overlap (shard_prefetch). */
-#define REPL_APPLY_BATCH 8
+ * cache misses overlap (shard_prefetch, net/repl_replica.c's apply_some). */
+#define REPL_APPLY_BATCH 16
 
 /* A full-sync walk of one shard (net/repl_master.c). */
 struct repl_walk {

@@ -224,6 +224,93 @@ Test(shard, put_get_replace_del)
     shard_free(s);
 }
 
+static void assert_val(struct shard *s, const char *k, const char *v, int64_t expire)
+{
+    size_t kl = strlen(k), vl;
+    struct kv_entry *e = shard_get(s, kv_hash(k, kl), k, kl);
+    cr_assert_not_null(e, "%s missing", k);
+    const char *ev = kv_entry_val(e, &vl);
+    cr_assert(vl == strlen(v) && memcmp(ev, v, vl) == 0, "%s: %.*s, not %s", k, (int)vl, ev, v);
+    cr_assert_eq(kv_entry_expire(e), expire);
+}
+
+Test(shard, set_overwrites_in_place_only_when_the_shape_is_the_same)
+{
+    struct shard *s = shard_new();
+    uint64_t h = kv_hash("k", 1);
+    struct kv_entry *e1 = shard_set(s, h, "k", 1, "aaaa", 4, KV_NO_EXPIRE);
+    size_t mem = shard_mem(s);
+    /* Same length, no deadline either way: the same entry, the new value, no memory moved. */
+    struct kv_entry *e2 = shard_set(s, h, "k", 1, "bbbb", 4, KV_NO_EXPIRE);
+    cr_assert_eq(e2, e1);
+    cr_assert_eq(shard_mem(s), mem);
+    assert_val(s, "k", "bbbb", KV_NO_EXPIRE);
+    /* Its own value as the new one (val points into the entry). */
+    size_t vl;
+    const char *own = kv_entry_val(e2, &vl);
+    cr_assert_eq(shard_set(s, h, "k", 1, own, vl, KV_NO_EXPIRE), e1);
+    assert_val(s, "k", "bbbb", KV_NO_EXPIRE);
+    /* A deadline where there was none: a new entry; counted among expires. */
+    struct kv_entry *e3 = shard_set(s, h, "k", 1, "cccc", 4, 5000);
+    cr_assert_neq(e3, e1);
+    cr_assert_eq(shard_expires(s), 1);
+    assert_val(s, "k", "cccc", 5000);
+    /* Deadline to deadline, same length: in place, the deadline too. */
+    cr_assert_eq(shard_set(s, h, "k", 1, "dddd", 4, 7000), e3);
+    cr_assert_eq(shard_expires(s), 1);
+    assert_val(s, "k", "dddd", 7000);
+    /* No deadline again, then another length: new entries each time, and the part of the
+     * old value the new one is made of survives the old one's freeing. */
+    struct kv_entry *e4 = shard_set(s, h, "k", 1, "dddd", 4, KV_NO_EXPIRE);
+    cr_assert_neq(e4, e3);
+    cr_assert_eq(shard_expires(s), 0);
+    own = kv_entry_val(e4, &vl);
+    struct kv_entry *e5 = shard_set(s, h, "k", 1, own, 2, KV_NO_EXPIRE);
+    assert_val(s, "k", "dd", KV_NO_EXPIRE);
+    cr_assert_eq(shard_count(s), 1);
+    /* A key not there: inserted. */
+    shard_set(s, kv_hash("other", 5), "other", 5, "x", 1, KV_NO_EXPIRE);
+    cr_assert_eq(shard_count(s), 2);
+    assert_val(s, "k", "dd", KV_NO_EXPIRE);
+    (void)e5;
+    shard_free(s);
+}
+
+Test(shard, set_during_resize_reaches_keys_in_either_table)
+{
+    struct shard *s = shard_new();
+    unsigned n = 0;
+    while (n < 3000 || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    /* Overwrite every key (same length: in place wherever it is; a longer value for every
+     * third: a new entry in the new table), a few resize steps at a time. */
+    for (unsigned i = 0; i < n; i++) {
+        char k[32], v[48];
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        if (i % 3 == 0)
+            v[vl++] = '+';
+        else
+            v[0] = 'V';
+        shard_set(s, kv_hash(k, kl), k, kl, v, vl, KV_NO_EXPIRE);
+    }
+    cr_assert_eq(shard_count(s), n);
+    for (unsigned i = 0; i < n; i++) {
+        char k[32], v[48];
+        size_t kl = key_of(k, i), vl = val_of(v, i);
+        if (i % 3 == 0)
+            v[vl++] = '+';
+        else
+            v[0] = 'V';
+        v[vl] = 0;
+        k[kl] = 0;
+        assert_val(s, k, v, KV_NO_EXPIRE);
+    }
+    while (shard_rehash_step(s, 1000))
+        ;
+    cr_assert_eq(shard_count(s), n);
+    shard_free(s);
+}
+
 Test(shard, counters)
 {
     struct shard *s = shard_new();
