@@ -795,19 +795,29 @@ static void put_looked_up(struct shard *s, uint64_t hash, struct kv_entry *e, st
     mem_sync(s);
 }
 
+/* A write's lookup: first a step of any resize in progress, then key's slot in cur, else in
+ * old; *t is the table it was found in (cur when it was not). */
+static size_t look_up_for_write(struct shard *s, uint64_t hash, const char *key, size_t klen,
+                                struct table **t)
+{
+    if (resizing(s))
+        migrate(s, MIG_STEP, false, 0, NULL, NULL);
+    *t = &s->cur;
+    size_t i = tab_find(s, *t, hash, key, klen);
+    if (i == NOT_FOUND && resizing(s)) {
+        i = tab_find(s, &s->old, hash, key, klen);
+        if (i != NOT_FOUND)
+            *t = &s->old;
+    }
+    return i;
+}
+
 void shard_put(struct shard *s, uint64_t hash, struct kv_entry *e)
 {
     size_t klen, vlen;
     const char *key = ent_parse(e, &klen, &vlen);
-
-    if (resizing(s))
-        migrate(s, MIG_STEP, false, 0, NULL, NULL);
-    struct table *t = &s->cur;
-    size_t i = tab_find(s, t, hash, key, klen);
-    if (i == NOT_FOUND && resizing(s)) {
-        t = &s->old;
-        i = tab_find(s, t, hash, key, klen);
-    }
+    struct table *t;
+    size_t i = look_up_for_write(s, hash, key, klen, &t);
     put_looked_up(s, hash, e, t, i);
 }
 
@@ -828,16 +838,10 @@ static void ent_overwrite(struct kv_entry *e, const char *val, size_t vlen, int6
 struct kv_entry *shard_set(struct shard *s, uint64_t hash, const char *key, size_t klen,
                            const char *val, size_t vlen, int64_t expire_ms)
 {
-    if (resizing(s))
-        migrate(s, MIG_STEP, false, 0, NULL, NULL);
     /* The usual cache write replaces a value with one of the same length: it then keeps its
      * entry, and no memory is freed or taken (nor the accounting touched). */
-    struct table *t = &s->cur;
-    size_t i = tab_find(s, t, hash, key, klen);
-    if (i == NOT_FOUND && resizing(s)) {
-        t = &s->old;
-        i = tab_find(s, t, hash, key, klen);
-    }
+    struct table *t;
+    size_t i = look_up_for_write(s, hash, key, klen, &t);
     if (i != NOT_FOUND) {
         struct kv_entry *e = ent_at(s, t, t->slots[i]);
         size_t ol;

@@ -187,7 +187,7 @@ static inline void repl_str_get(char *out, size_t cap, const char *src)
 /* A worker walking its shards for a full sync walks for at most REPL_WALK_SLICE_US at a time,
  * at most once every REPL_WALK_PERIOD_US; its timer ticks at that period meanwhile
  * (net/worker.c). */
-#define REPL_WALK_SLICE_US 30
+#define REPL_WALK_SLICE_US 10
 #define REPL_WALK_PERIOD_US 75
 /* ... unless no client command came for this long (to any worker): then a worker walks
  * whenever it has nothing else to do, and a full sync of an idle master goes at the speed of

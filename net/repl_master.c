@@ -557,7 +557,7 @@ void repl_master_pass(struct worker *w)
      * sync never holds the requests of a pass back for long; and at most one pass in
      * REPL_WALK_PERIOD_US walks: between slices the worker serves requests or sleeps (its
      * timer ticks that often while it walks).  So while clients are being served the walk
-     * takes at most 40% of the worker's CPU (30 us in 75) whatever the machine's speed, and
+     * takes at most 13% of the worker's CPU (10 us in 75) whatever the machine's speed, and
      * leaves the rest to requests and to the replica that applies what it sends.  When no
      * worker has run a client command for REPL_WALK_QUIET_US, the master is idle: a pass that
      * had no completions walks a slice at once and the worker does not sleep between slices,
