@@ -6,12 +6,15 @@
  * keyspace_expire.c (EXPIRE family, TTL, PERSIST) and keyspace_shard.c (whole-shard commands:
  * DBSIZE, FLUSH, KEYS, RANDOMKEY, DEBUG DIGEST, SCAN).
  *
- * Entries are immutable.  The shard API has no in-place mutation, and we want none: every
- * write, INCR and APPEND included, builds a new entry (kv_entry_new) holding the whole new
- * value and its deadline, and shard_put swaps it in, freeing the old one.  So there is always
- * one complete entry that says exactly what a key is, and that entry is what the replication
- * log records.  The cost, a copy of the value per write, only shows for APPEND/SETRANGE on
- * big strings; those are rare in a cache and bounded by proto-max-bulk-len.
+ * Every write, INCR and APPEND included, stores the whole new value and its deadline through
+ * ks_store (shard_set): into the key's entry in place when the value keeps its length and
+ * the deadline its presence, else into a new entry that replaces the old one.  So there is
+ * always one complete entry that says exactly what a key is, and that entry is what the
+ * replication log records.  A command that needs the old value (SET ... GET, APPEND,
+ * SETRANGE) uses it or copies it before it stores: after ks_store the old entry may hold the
+ * new value or be gone.  The cost, a copy of the value per write, only shows for
+ * APPEND/SETRANGE on big strings; those are rare in a cache and bounded by
+ * proto-max-bulk-len.
  *
  * Deadlines are absolute wall-clock milliseconds (KV_NO_EXPIRE when none), computed once from
  * ctx->now_ms when a command sets them, and compared with ctx->now_ms when a command reads

@@ -35,9 +35,13 @@ struct repl_state repl = {.unix_fd = -1};
 
 #define HEARTBEAT_TIMEOUT_MS 3000
 #define WALK_SLICE 1024 /* entries of one shard in one go */
-#define WALK_BUCKETS 64 /* home buckets per walk step */
-/* Below this much of the slice's headroom left, a walk step takes one bucket. */
-#define WALK_STEP_ROOM ((uint64_t)1 << 20)
+#define WALK_BUCKETS 64 /* home buckets per walk step, idle */
+/* While clients are being served, a slice appends at most this many entries (and steps take
+ * WALK_LOAD_BUCKETS buckets): what a full sync adds to the master's and the replica's work
+ * per unit of time, not only its CPU share, is what its clients feel (docs/BENCHMARKS.md,
+ * "Code changes measured A/B"). */
+#define WALK_LOAD_ENTRIES 8
+#define WALK_LOAD_BUCKETS 8
 
 /* ---- the log ------------------------------------------------------------------------------ */
 
@@ -446,8 +450,11 @@ static void walk_emit(void *arg, const struct kv_entry *e)
     uint64_t before = ring_tail(&repl.log, a->s);
     if (!ring_append_set(&repl.log, a->s, k, kl, v, vl, exp))
         return; /* too large to replicate: the replica starts without it */
-    a->bytes += ring_tail(&repl.log, a->s) - before;
+    uint64_t rec = ring_tail(&repl.log, a->s) - before;
+    a->bytes += rec;
     a->entries++;
+    if (rec > a->w->walk_rec_max)
+        a->w->walk_rec_max = rec;
     a->w->repl_appended = true;
 }
 
@@ -484,6 +491,7 @@ static bool walk_throttled(uint32_t s)
 
 static void start_walks(struct worker *w, uint32_t req)
 {
+    w->walk_rec_max = 0;
     for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
         uint64_t tail = ring_tail(&repl.log, s);
         for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
@@ -586,7 +594,9 @@ void repl_master_pass(struct worker *w)
         w->walk_next_us = now_us + REPL_WALK_PERIOD_US;
         end_us = now_us + REPL_WALK_SLICE_US;
     }
-    for (uint32_t j = 0; j < own && now_us < end_us; j++) {
+    size_t load_entries = 0; /* entries this slice appended, under load */
+    for (uint32_t j = 0;
+         j < own && now_us < end_us && (w->walk_quiet || load_entries < WALK_LOAD_ENTRIES); j++) {
         uint32_t i = (w->walk_rr + j) % own;
         uint32_t s = (uint32_t)w->id + i * (uint32_t)srv.nworkers;
         struct repl_walk *wk = &w->walks[i];
@@ -597,21 +607,27 @@ void repl_master_pass(struct worker *w)
             w->walk_throttled = true;
             continue;
         }
-        /* Walk WALK_BUCKETS home buckets at a time until the slice has appended half the
-         * headroom (or WALK_SLICE entries, or the time is up).  What one step appends is a
-         * few buckets' entries, far less than the headroom unless values are huge; near the
-         * limit, steps take one bucket, whose entries are each at most a quarter ring, and
-         * walk_throttled keeps at least that much room. */
+        /* Walk a few home buckets at a time until the slice has appended half the headroom
+         * (or its entries, or the time is up).  A step takes as many buckets as the
+         * headroom left holds at twice the largest record a walk of ours has appended (one
+         * bucket near the limit, whose entries are each at most a quarter ring, and
+         * walk_throttled keeps at least that much room). */
         uint64_t room = walk_headroom(s);
         struct walk_arg a = {.w = w, .s = s, .now = w->now_ms};
+        size_t most = w->walk_quiet ? WALK_SLICE : WALK_LOAD_ENTRIES - load_entries;
+        size_t step = w->walk_quiet ? WALK_BUCKETS : WALK_LOAD_BUCKETS;
         bool done;
         do {
-            size_t nb =
-                room == UINT64_MAX || room / 2 - a.bytes > WALK_STEP_ROOM ? WALK_BUCKETS : 1;
-            done = shard_walk_step(srv.shards[s], &wk->sw, nb, walk_emit, &a);
+            size_t nb = step;
+            if (room != UINT64_MAX) {
+                uint64_t left = room / 2 - a.bytes, rec = 2 * (w->walk_rec_max + 1);
+                nb = left / rec < step ? (size_t)(left / rec) : step;
+            }
+            done = shard_walk_step(srv.shards[s], &wk->sw, nb ? nb : 1, walk_emit, &a);
             now_us = mono_us();
-        } while (!done && a.entries < WALK_SLICE && now_us < end_us &&
+        } while (!done && a.entries < most && now_us < end_us &&
                  (room == UINT64_MAX || a.bytes < room / 2));
+        load_entries += a.entries;
         if (done) {
             wk->active = false;
             finish_walk(s, wk->req);
@@ -639,8 +655,8 @@ bool repl_master_busy(struct worker *w)
     __atomic_store_n(&repl.ctl.hdr->ack_waiting[w->id], 1, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers)
-        if (!walk_throttled(s))
-            return true;
+        if (w->walks[s / (uint32_t)srv.nworkers].active && !walk_throttled(s))
+            return true; /* a walk that is not held back (finished ones are not walks) */
     return false;
 }
 

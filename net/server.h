@@ -169,13 +169,14 @@ struct worker {
     uint64_t repl_last_end;  /* log position after the last append */
     struct repl_walk *walks; /* per own shard (index s / nworkers) */
     uint32_t walk_seen;
-    uint32_t walk_rr;     /* own shard (index) the next walk slice starts at */
-    bool walk_paced;      /* walking: the timer ticks every millisecond */
-    int64_t walk_next_us; /* the next walk slice is not before this (monotonic us) */
-    unsigned pass_cqes;   /* completions the current loop pass handled */
-    uint64_t walk_cmds;   /* all workers' commands processed, when last looked at */
-    int64_t walk_cmd_us;  /* when that count last changed (monotonic us) */
-    bool walk_quiet;      /* walking, and no client command for REPL_WALK_QUIET_US */
+    uint32_t walk_rr;      /* own shard (index) the next walk slice starts at */
+    bool walk_paced;       /* walking: the timer ticks every millisecond */
+    int64_t walk_next_us;  /* the next walk slice is not before this (monotonic us) */
+    unsigned pass_cqes;    /* completions the current loop pass handled */
+    uint64_t walk_cmds;    /* all workers' commands processed, when last looked at */
+    int64_t walk_cmd_us;   /* when that count last changed (monotonic us) */
+    bool walk_quiet;       /* walking, and no client command for REPL_WALK_QUIET_US */
+    uint64_t walk_rec_max; /* the largest record our walks appended (log bytes) */
     bool walk_throttled;
     struct repl_link *link; /* replica: the link we apply from */
     uint64_t link_epoch_seen;
