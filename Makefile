@@ -65,9 +65,9 @@ $(BUILD)/tests/tsan/%: tests/tsan/%.c $(LIB_OBJ)
 
 $(BUILD)/tests/%: tests/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(LDLIBS) -lcriterion
+	$(CC) $(CFLAGS) -MMD -MP -o $@ $< $(LIB_OBJ) $(LDFLAGS) $(LDLIBS) -lcriterion
 
--include $(LIB_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(BUILD)/net/main.d
+-include $(LIB_OBJ:.o=.d) $(BENCH_OBJ:.o=.d) $(BUILD)/net/main.d $(UNIT_BIN:=.d)
 
 # Install what is missing: as root with apt-get, otherwise print the exact command and stop.
 define need_pkgs
