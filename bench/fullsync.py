@@ -37,7 +37,13 @@ its run; the next run waits until the master lists no replica.
    when it was due.  A closed-loop client with 4 connections records a stall as 4 slow
    replies however long it lasts (it sends nothing meanwhile), so its p99 can hide a stall
    that the paced probe, like a client sending at a steady rate, sees as every request due
-   during it.  Both p99s and their ratios are reported.
+   during it.  Both p99s and their ratios are reported.  The probe is a Python process of its
+   own (`fullsync.py --probe`), made SCHED_FIFO 1 where the system allows it
+   (FULLSYNC_PROBE_FIFO=0: never): when the load, the replica and this script keep every CPU
+   busy, a probe at normal priority waits for a CPU itself, and its p99 measures those waits
+   (on 2 CPUs, `perf sched latency` showed the probe waiting up to 14 ms to run while no
+   thread of the master waited more than 3 ms) rather than the master.  The table says which
+   priority the probe had.
 
 Output: a markdown table on stdout, and in BENCH_RESULTS (bench/results):
 <stamp>-fullsync.json and <stamp>-fullsync.md; where <stamp>.md of the suite exists (same
@@ -48,17 +54,17 @@ Environment: the suite's BENCH_THREADS, BENCH_REPLICA_THREADS (master and replic
 threads, 2 and 1) and BENCH_MASTER_CPUS, BENCH_REPLICA_CPUS, BENCH_CLIENT_CPUS (placement;
 bench/suite.py), BENCH_QUICK=1 (one run of each), FULLSYNC_RUNS (3; quick 1), FULLSYNC_LOAD_RUNS
 (5; quick 1), FULLSYNC_KEYS (1000000), FULLSYNC_CLIENTS (4), FULLSYNC_LEAD (0.2),
-FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
+FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), FULLSYNC_PROBE_FIFO (1), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
 """
 
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,45 +76,82 @@ SYNC_TIMEOUT = 60.0      # a full sync not done within this fails the run
 LOAD_CAP_S = 60          # ringkv-bench --duration: only an upper bound, SIGINT stops it
 DETACH_TIMEOUT = 10.0    # the master must list no replica this long after one stopped
 POLL_S = 0.002
+PROBE_CAP_S = LOAD_CAP_S + 30  # a probe whose parent never stops it ends by itself
 
 
-class PacedProbe(threading.Thread):
+def probe_loop(port, keys, gap_s, stop):
+    """One GET every gap_s on a connection of its own until stop(wait_s) says so; returns each
+    GET's latency, counted from when it was due, and the error that ended it, if any."""
+    lat, error = [], None
+    conn = Conn(port, timeout=30.0)
+    try:
+        t0 = time.monotonic()
+        i = 0
+        while True:
+            due = t0 + i * gap_s
+            if due - t0 > PROBE_CAP_S or stop(max(0.0, due - time.monotonic())):
+                break
+            key = b"key:%012d" % ((i * 7919) % keys)
+            conn.cmd("GET", key)
+            lat.append(time.monotonic() - due)
+            i += 1
+    except (OSError, RespError, ValueError, ConnectionError) as e:
+        error = str(e)
+    finally:
+        conn.close()
+    return lat, error
+
+
+def probe_main(port, keys, gap_ms):
+    """`fullsync.py --probe PORT KEYS GAP_MS`: the paced probe as a process of its own, so
+    that what it times is the server, not this script's other threads (Python runs one thread
+    at a time).  It stops when its standard input closes and then writes its latencies, in
+    seconds, as JSON on standard output."""
+    def stop(wait_s):
+        return bool(select.select([sys.stdin], [], [], wait_s)[0])
+    priority = "normal"
+    if os.environ.get("FULLSYNC_PROBE_FIFO", "1") != "0":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            priority = "SCHED_FIFO 1"
+        except OSError:
+            pass
+    lat, error = probe_loop(int(port), int(keys), float(gap_ms) / 1000.0, stop)
+    json.dump({"lat": lat, "error": error, "priority": priority}, sys.stdout)
+
+
+class PacedProbe:
     """One GET every gap_s on a connection of its own, its latency counted from when it was
     due, not when it was sent: a closed-loop client with a few connections records one slow
     reply per stalled connection, this records every request a client sending at a steady
-    rate would have waited on (no coordinated omission)."""
+    rate would have waited on (no coordinated omission).  It runs as a process of its own
+    (probe_main)."""
 
     def __init__(self, port, keys, gap_s):
-        super().__init__(daemon=True)
-        self.conn = Conn(port, timeout=30.0)
-        self.keys = keys
         self.gap = gap_s
-        self.stop_flag = threading.Event()
         self.lat = []
         self.error = None
+        self.priority = None
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--probe", str(port), str(keys),
+             str(gap_s * 1000.0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True)
 
-    def run(self):
+    def stop(self):
         try:
-            t0 = time.monotonic()
-            i = 0
-            while not self.stop_flag.is_set():
-                due = t0 + i * self.gap
-                left = due - time.monotonic()
-                if left > 0:
-                    time.sleep(left)
-                key = b"key:%012d" % ((i * 7919) % self.keys)
-                self.conn.cmd("GET", key)
-                self.lat.append(time.monotonic() - due)
-                i += 1
-        except (OSError, RespError, ValueError, ConnectionError) as e:
-            self.error = str(e)
-        finally:
-            self.conn.close()
+            out, _ = self.proc.communicate(input="", timeout=35)
+            res = json.loads(out)
+            self.lat, self.error, self.priority = res["lat"], res["error"], res["priority"]
+        except (subprocess.TimeoutExpired, ValueError, KeyError) as e:
+            self.proc.kill()
+            self.proc.communicate()
+            self.error = "probe: %s (exit status %s)" % (e, self.proc.returncode)
 
     def result(self):
         v = sorted(self.lat)
         pct = suite.percentile
         return {"requests": len(v), "gap_ms": self.gap * 1000, "error": self.error,
+                "priority": self.priority,
                 "p50_us": pct(v, 0.5) * 1e6 if v else None,
                 "p99_us": pct(v, 0.99) * 1e6 if v else None,
                 "p999_us": pct(v, 0.999) * 1e6 if v else None,
@@ -299,11 +342,9 @@ class FullSync:
         proc = subprocess.Popen(self.load_argv(path), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.probe = PacedProbe(self.master.port, self.keys, self.probe_gap)
-        self.probe.start()
         return proc, path, time.monotonic()
 
     def end_load(self, proc, path):
-        self.probe.stop_flag.set()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         try:
@@ -317,7 +358,7 @@ class FullSync:
                 res = json.load(f)
         except (OSError, ValueError):
             pass
-        self.probe.join(35)
+        self.probe.stop()
         paced = self.probe.result()
         if res is None:
             return {"ok": False, "exit": proc.returncode, "stderr": err.strip()[-300:],
@@ -470,6 +511,11 @@ class FullSync:
                     "  (stopped with SIGINT)",
         }
 
+    def probe_priority(self):
+        seen = sorted({r[k]["paced"].get("priority") or "unknown" for r in self.load_pairs
+                       for k in ("idle", "during") if k in r and "paced" in r[k]})
+        return " and ".join(seen) or "no"
+
     def markdown(self, s, heading="##"):
         out = []
         out.append("%s Full sync of a TCP replica, %s%s\n"
@@ -483,10 +529,12 @@ class FullSync:
                    "for the same time with no replica; medians over the pairs of runs. Beside "
                    "it, a paced GET every %g ms on its own connection, its latency counted "
                    "from when it was due (a closed-loop client's p99 hides a stall: each of "
-                   "its connections records one slow reply however long the stall). Load "
+                   "its connections records one slow reply however long the stall), from a "
+                   "process of its own at %s priority. Load "
                    "average %.1f at the start, %.1f at the end; %.0f s in all.\n"
                    % ("{:,}".format(self.keys), suite.VALUE_SIZE, self.clients, self.tail,
-                      self.lead, self.probe_gap * 1000, self.load_start[0], self.load_end[0],
+                      self.lead, self.probe_gap * 1000, self.probe_priority(),
+                      self.load_start[0], self.load_end[0],
                       self.elapsed))
         sp, sr = s["sync_process"], s["sync_replicaof"]
 
@@ -591,6 +639,9 @@ class FullSync:
 
 
 def main():
+    if len(sys.argv) == 5 and sys.argv[1] == "--probe":
+        probe_main(*sys.argv[2:])
+        return
     suite.run_main(FullSync())
 
 
