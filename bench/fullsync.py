@@ -32,18 +32,16 @@ its run; the next run waits until the master lists no replica.
    The order within a pair alternates.  Each run's p99 comes from ringkv-bench's histogram
    over every reply of the run (3% buckets); the ratio is during p99 / idle p99 per pair, and
    the table shows the medians.
-   Beside the load, in both runs, a paced probe (PacedProbe) sends one GET every
-   FULLSYNC_PROBE_GAP_MS (2) ms on a connection of its own and counts each one's latency from
-   when it was due.  A closed-loop client with 4 connections records a stall as 4 slow
+   Beside the load, in both runs, two paced probes (PacedProbe) each send one GET every
+   FULLSYNC_PROBE_GAP_MS (2) ms on a connection of their own and count each one's latency
+   from when it was due.  A closed-loop client with 4 connections records a stall as 4 slow
    replies however long it lasts (it sends nothing meanwhile), so its p99 can hide a stall
-   that the paced probe, like a client sending at a steady rate, sees as every request due
-   during it.  Both p99s and their ratios are reported.  The probe is a Python process of its
-   own (`fullsync.py --probe`), made SCHED_FIFO 1 where the system allows it
-   (FULLSYNC_PROBE_FIFO=0: never): when the load, the replica and this script keep every CPU
-   busy, a probe at normal priority waits for a CPU itself, and its p99 measures those waits
-   (on 2 CPUs, `perf sched latency` showed the probe waiting up to 14 ms to run while no
-   thread of the master waited more than 3 ms) rather than the master.  The table says which
-   priority the probe had.
+   that a paced probe, like a client sending at a steady rate, sees as every request due
+   during it.  Each probe is a Python process of its own (`fullsync.py --probe`); the "FIFO
+   probe" is made SCHED_FIFO 1 where the system allows it, so that it runs as soon as its
+   reply is in, the "normal probe" competes for a CPU like any client.  On a machine whose
+   CPUs the load, the replica and the master keep busy, the two differ widely (docs/
+   BENCHMARKS.md, "Full sync"), and every p99 and ratio is reported.
 
 Output: a markdown table on stdout, and in BENCH_RESULTS (bench/results):
 <stamp>-fullsync.json and <stamp>-fullsync.md; where <stamp>.md of the suite exists (same
@@ -54,7 +52,7 @@ Environment: the suite's BENCH_THREADS, BENCH_REPLICA_THREADS (master and replic
 threads, 2 and 1) and BENCH_MASTER_CPUS, BENCH_REPLICA_CPUS, BENCH_CLIENT_CPUS (placement;
 bench/suite.py), BENCH_QUICK=1 (one run of each), FULLSYNC_RUNS (3; quick 1), FULLSYNC_LOAD_RUNS
 (5; quick 1), FULLSYNC_KEYS (1000000), FULLSYNC_CLIENTS (4), FULLSYNC_LEAD (0.2),
-FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), FULLSYNC_PROBE_FIFO (1), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
+FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
 """
 
 import json
@@ -77,15 +75,20 @@ LOAD_CAP_S = 60          # ringkv-bench --duration: only an upper bound, SIGINT 
 DETACH_TIMEOUT = 10.0    # the master must list no replica this long after one stopped
 POLL_S = 0.002
 PROBE_CAP_S = LOAD_CAP_S + 30  # a probe whose parent never stops it ends by itself
+# The paced probes: result key, probe_main kind, table label.  Both run beside every load, the
+# second half a gap after the first.
+PROBES = (("paced", "fifo", "paced GET, FIFO probe"),
+          ("paced_normal", "normal", "paced GET, normal probe"))
 
 
-def probe_loop(port, keys, gap_s, stop):
-    """One GET every gap_s on a connection of its own until stop(wait_s) says so; returns each
-    GET's latency, counted from when it was due, and the error that ended it, if any."""
+def probe_loop(port, keys, gap_s, stop, phase):
+    """One GET every gap_s, the first phase * gap_s from now, on a connection of its own until
+    stop(wait_s) says so; returns each GET's latency, counted from when it was due, and the
+    error that ended it, if any."""
     lat, error = [], None
     conn = Conn(port, timeout=30.0)
     try:
-        t0 = time.monotonic()
+        t0 = time.monotonic() + phase * gap_s
         i = 0
         while True:
             due = t0 + i * gap_s
@@ -102,21 +105,23 @@ def probe_loop(port, keys, gap_s, stop):
     return lat, error
 
 
-def probe_main(port, keys, gap_ms):
-    """`fullsync.py --probe PORT KEYS GAP_MS`: the paced probe as a process of its own, so
-    that what it times is the server, not this script's other threads (Python runs one thread
-    at a time).  It stops when its standard input closes and then writes its latencies, in
-    seconds, as JSON on standard output."""
+def probe_main(port, keys, gap_ms, kind):
+    """`fullsync.py --probe PORT KEYS GAP_MS fifo|normal`: a paced probe as a process of its
+    own, so that what it times is the server, not this script's other threads (Python runs one
+    thread at a time); "fifo" makes it SCHED_FIFO 1 where the system allows it.  It stops when
+    its standard input closes and then writes its latencies, in seconds, as JSON on standard
+    output."""
     def stop(wait_s):
         return bool(select.select([sys.stdin], [], [], wait_s)[0])
     priority = "normal"
-    if os.environ.get("FULLSYNC_PROBE_FIFO", "1") != "0":
+    if kind == "fifo":
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
             priority = "SCHED_FIFO 1"
-        except OSError:
-            pass
-    lat, error = probe_loop(int(port), int(keys), float(gap_ms) / 1000.0, stop)
+        except OSError as e:
+            priority = "normal (SCHED_FIFO refused: %s)" % e.strerror
+    lat, error = probe_loop(int(port), int(keys), float(gap_ms) / 1000.0, stop,
+                            0.0 if kind == "fifo" else 0.5)
     json.dump({"lat": lat, "error": error, "priority": priority}, sys.stdout)
 
 
@@ -127,14 +132,14 @@ class PacedProbe:
     rate would have waited on (no coordinated omission).  It runs as a process of its own
     (probe_main)."""
 
-    def __init__(self, port, keys, gap_s):
+    def __init__(self, port, keys, gap_s, kind):
         self.gap = gap_s
         self.lat = []
         self.error = None
         self.priority = None
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--probe", str(port), str(keys),
-             str(gap_s * 1000.0)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+             str(gap_s * 1000.0), kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True)
 
     def stop(self):
@@ -341,7 +346,8 @@ class FullSync:
             os.unlink(path)
         proc = subprocess.Popen(self.load_argv(path), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.probe = PacedProbe(self.master.port, self.keys, self.probe_gap)
+        self.probes = {name: PacedProbe(self.master.port, self.keys, self.probe_gap, kind)
+                       for name, kind, _ in PROBES}
         return proc, path, time.monotonic()
 
     def end_load(self, proc, path):
@@ -358,15 +364,17 @@ class FullSync:
                 res = json.load(f)
         except (OSError, ValueError):
             pass
-        self.probe.stop()
-        paced = self.probe.result()
+        paced = {}
+        for name, probe in self.probes.items():
+            probe.stop()
+            paced[name] = probe.result()
+        probes_ok = all(r["error"] is None and r["requests"] > 0 for r in paced.values())
         if res is None:
-            return {"ok": False, "exit": proc.returncode, "stderr": err.strip()[-300:],
-                    "paced": paced}
+            return dict(paced, ok=False, exit=proc.returncode, stderr=err.strip()[-300:])
         lat = res["all"]["latency_us"]
         errors = sum(c.get("errors", 0) for c in res["commands"].values())
-        return {"ok": bool(res.get("ok")) and errors == 0 and paced["error"] is None
-                and paced["requests"] > 0, "paced": paced, "exit": proc.returncode,
+        return {**paced, "ok": bool(res.get("ok")) and errors == 0 and probes_ok,
+                "exit": proc.returncode,
                 "rps": res["rps"], "requests": res["requests"], "seconds": res["duration_s"],
                 "p50_us": lat["p50"], "p90_us": lat["p90"], "p99_us": lat["p99"],
                 "p999_us": lat["p99.9"], "max_us": lat["max"], "errors": errors,
@@ -481,12 +489,13 @@ class FullSync:
             s["during_max_us"] = med(lambda p: p["during"]["max_us"])
             s["during_max_us_worst"] = max(p["during"]["max_us"] for p in pairs)
             s["idle_p50_us"] = med(lambda p: p["idle"]["p50_us"])
-            for k in ("p99_us", "p999_us", "max_us", "over_100ms"):
-                s["paced_idle_" + k] = med(lambda p: p["idle"]["paced"][k])
-                s["paced_during_" + k] = med(lambda p: p["during"]["paced"][k])
-            s["paced_p99_ratio"] = med(lambda p: p["during"]["paced"]["p99_us"]
-                                       / p["idle"]["paced"]["p99_us"])
-            s["paced_during_max_us_worst"] = max(p["during"]["paced"]["max_us"] for p in pairs)
+            for n, _, _ in PROBES:
+                for k in ("p99_us", "p999_us", "max_us", "over_100ms"):
+                    s[n + "_idle_" + k] = med(lambda p: p["idle"][n][k])
+                    s[n + "_during_" + k] = med(lambda p: p["during"][n][k])
+                s[n + "_p99_ratio"] = med(lambda p: p["during"][n]["p99_us"]
+                                          / p["idle"][n]["p99_us"])
+                s[n + "_during_max_us_worst"] = max(p["during"][n]["max_us"] for p in pairs)
             s["during_p50_us"] = med(lambda p: p["during"]["p50_us"])
             s["idle_rps"] = med(lambda p: p["idle"]["rps"])
             s["during_rps"] = med(lambda p: p["during"]["rps"])
@@ -511,10 +520,10 @@ class FullSync:
                     "  (stopped with SIGINT)",
         }
 
-    def probe_priority(self):
-        seen = sorted({r[k]["paced"].get("priority") or "unknown" for r in self.load_pairs
-                       for k in ("idle", "during") if k in r and "paced" in r[k]})
-        return " and ".join(seen) or "no"
+    def probe_priority(self, name):
+        seen = sorted({r[k][name].get("priority") or "unknown" for r in self.load_pairs
+                       for k in ("idle", "during") if name in r.get(k, {})})
+        return " and ".join(seen) or "none"
 
     def markdown(self, s, heading="##"):
         out = []
@@ -527,13 +536,15 @@ class FullSync:
                    "GET, %d clients, pipeline 1, on the master, stopped %.1f s after the sync "
                    "ended (the replica started %.1f s after the load), against the same load "
                    "for the same time with no replica; medians over the pairs of runs. Beside "
-                   "it, a paced GET every %g ms on its own connection, its latency counted "
-                   "from when it was due (a closed-loop client's p99 hides a stall: each of "
-                   "its connections records one slow reply however long the stall), from a "
-                   "process of its own at %s priority. Load "
+                   "it, two paced probes, each a process of its own sending a GET every %g ms "
+                   "on its own connection, its latency counted from when it was due (a "
+                   "closed-loop client's p99 hides a stall: each of its connections records "
+                   "one slow reply however long the stall): the FIFO probe at %s priority, "
+                   "the normal probe at %s priority. Load "
                    "average %.1f at the start, %.1f at the end; %.0f s in all.\n"
                    % ("{:,}".format(self.keys), suite.VALUE_SIZE, self.clients, self.tail,
-                      self.lead, self.probe_gap * 1000, self.probe_priority(),
+                      self.lead, self.probe_gap * 1000, self.probe_priority("paced"),
+                      self.probe_priority("paced_normal"),
                       self.load_start[0], self.load_end[0],
                       self.elapsed))
         sp, sr = s["sync_process"], s["sync_replicaof"]
@@ -572,17 +583,19 @@ class FullSync:
                           fmt_us(s["during_max_us_worst"])))
             out.append("| master GET ops/s idle / during | {:,.0f} / {:,.0f} | | | |".format(
                 s["idle_rps"], s["during_rps"]))
-            out.append("| paced GET (one every %g ms) p99, idle / during (µs) | %s / %s | | | |"
-                       % (self.probe_gap * 1000, fmt_us(s["paced_idle_p99_us"]),
-                          fmt_us(s["paced_during_p99_us"])))
-            out.append("| paced GET p99 during ÷ idle | %.2f× | | %d | < 2×: %s |"
-                       % (s["paced_p99_ratio"], s["load_pairs"],
-                          verdict(s["paced_p99_ratio"] < 2)))
-            out.append("| paced GET p99.9 / max during (µs) | %s / %s | largest max: %s | | |"
-                       % (fmt_us(s["paced_during_p999_us"]), fmt_us(s["paced_during_max_us"]),
-                          fmt_us(s["paced_during_max_us_worst"])))
-            out.append("| paced GETs over 100 ms, idle / during | %g / %g | | | |"
-                       % (s["paced_idle_over_100ms"], s["paced_during_over_100ms"]))
+            for n, _, label in PROBES:
+                out.append("| %s (one every %g ms) p99, idle / during (µs) | %s / %s | | | |"
+                           % (label, self.probe_gap * 1000, fmt_us(s[n + "_idle_p99_us"]),
+                              fmt_us(s[n + "_during_p99_us"])))
+                out.append("| %s p99 during ÷ idle | %.2f× | | %d | < 2×: %s |"
+                           % (label, s[n + "_p99_ratio"], s["load_pairs"],
+                              verdict(s[n + "_p99_ratio"] < 2)))
+                out.append("| %s p99.9 / max during (µs) | %s / %s | largest max: %s | | |"
+                           % (label, fmt_us(s[n + "_during_p999_us"]),
+                              fmt_us(s[n + "_during_max_us"]),
+                              fmt_us(s[n + "_during_max_us_worst"])))
+                out.append("| %s over 100 ms, idle / during | %g / %g | | | |"
+                           % (label, s[n + "_idle_over_100ms"], s[n + "_during_over_100ms"]))
         else:
             out.append("| master GET p99 during ÷ idle | no valid pair | | 0/%d | < 2× |"
                        % s["load_pairs_of"])
@@ -639,7 +652,7 @@ class FullSync:
 
 
 def main():
-    if len(sys.argv) == 5 and sys.argv[1] == "--probe":
+    if len(sys.argv) == 6 and sys.argv[1] == "--probe":
         probe_main(*sys.argv[2:])
         return
     suite.run_main(FullSync())
