@@ -4,6 +4,10 @@ the one batch each thread may send ahead), on one thread or several; bad values 
 (exit 2 with one line on stderr); and without --rate the run is unpaced, says rate_target 0
 and does exactly the requests asked for.
 
+bench/fullsync.py's paced probe (`fullsync.py --probe`): it sends GETs at its pace until its
+standard input closes, then reports every latency, its priority and no error; a server that
+goes away ends it with the error, not a hang.
+
 The load generator is $RINGKV_BENCH, else build/asan/ringkv-bench, else build/rel/ringkv-bench;
 the tests are skipped when there is none.  Every run is bounded (1 s, or a few thousand
 requests) and has a timeout.
@@ -12,9 +16,11 @@ requests) and has a timeout.
 import json
 import os
 import subprocess
+import sys
 import tempfile
+import time
 
-from harness import ServerTestCase, built_binary
+from harness import REPO, ServerTestCase, built_binary
 
 RATE = 5000
 CLIENTS = 4
@@ -106,3 +112,50 @@ class BadRate(BenchTestCase):
 
     def test_not_a_number(self):
         self.assert_refused("abc")
+
+
+class FullSyncProbe(ServerTestCase):
+    """The paced probe of bench/fullsync.py, a process of its own."""
+
+    def start_probe(self, port, kind):
+        p = subprocess.Popen([sys.executable, os.path.join(REPO, "bench/fullsync.py"), "--probe",
+                              str(port), "100", "2", kind], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: p.poll() is None and (p.kill(), p.wait()))
+        return p
+
+    def finish(self, p):
+        out, err = p.communicate(input="", timeout=30)
+        self.assertEqual(p.returncode, 0, err)
+        return json.loads(out)
+
+    def test_paces_and_stops_when_told(self):
+        srv = self.start_server()
+        for kind in ("fifo", "normal"):
+            p = self.start_probe(srv.port, kind)
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            res = self.finish(p)
+            self.assertLess(time.monotonic() - t0, 5.0, "the probe did not stop on EOF")
+            self.assertIsNone(res["error"])
+            # One GET every 2 ms for about 0.5 s (after Python's start-up): never more than
+            # the pace allows, and not stalled.
+            self.assertGreater(len(res["lat"]), 10, res)
+            self.assertLessEqual(len(res["lat"]), 300, res)
+            self.assertTrue(all(x >= 0 for x in res["lat"]))
+            if kind == "normal":
+                self.assertEqual(res["priority"], "normal")
+            else:
+                self.assertTrue(res["priority"] == "SCHED_FIFO 1" or
+                                res["priority"].startswith("normal (SCHED_FIFO refused"),
+                                res["priority"])
+
+    def test_server_gone_is_an_error(self):
+        srv = self.start_server()
+        p = self.start_probe(srv.port, "normal")
+        time.sleep(0.3)
+        srv.stop()
+        time.sleep(0.2)
+        res = self.finish(p)
+        self.assertIsNotNone(res["error"])
+        self.assertGreater(len(res["lat"]), 0)
