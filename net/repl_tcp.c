@@ -298,7 +298,7 @@ static void tx_on_ack(struct tx *t, const struct wire_hdr *h, const char *p)
 {
     uint32_t n = srv.nshards;
     uint64_t *app = ctl_applied(&repl.ctl, t->slot), *rcv = ctl_received(&repl.ctl, t->slot);
-    bool moved = false;
+    bool moved_rcv = false, moved_app = false;
     for (uint32_t s = 0; s < n; s++) {
         uint64_t r, a;
         memcpy(&r, p + 16 * s, 8);
@@ -310,18 +310,20 @@ static void tx_on_ack(struct tx *t, const struct wire_hdr *h, const char *p)
         }
         if (r > __atomic_load_n(&rcv[s], __ATOMIC_RELAXED)) {
             __atomic_store_n(&rcv[s], r, __ATOMIC_RELEASE);
-            moved = true;
+            moved_rcv = true;
         }
         if (a > __atomic_load_n(&app[s], __ATOMIC_RELAXED)) {
             __atomic_store_n(&app[s], a, __ATOMIC_RELEASE);
-            moved = true;
+            moved_app = true;
         }
     }
     int64_t now = rk_now_ms();
     t->last_ack_ms = now;
     struct ctl_slot *sl = ctl_slot(&repl.ctl, t->slot);
     __atomic_store_n(&sl->heartbeat_ms, (uint64_t)now, __ATOMIC_RELAXED);
-    if (moved)
+    /* Workers wait for applied positions (sync mode, WAIT, throttled walks), for received ones
+     * only in semi mode: an ACK that moved only what nobody waits for wakes nobody. */
+    if (moved_app || (moved_rcv && cfg_sync_mode() == SYNC_SEMI))
         wake_ack_waiters();
     uint32_t gen = (uint32_t)h->pos;
     if (t->walk_gen == UINT32_MAX)
