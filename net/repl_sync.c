@@ -36,6 +36,12 @@
 
 enum held_kind { HELD_REPLY, HELD_CMD, HELD_WAIT };
 
+/* Released entries are kept on the worker for the next write (every write in these modes
+ * holds one), with their buffers: at most HELD_SPARE_MAX of them, none whose buffer grew past
+ * HELD_SPARE_BUF bytes. */
+#define HELD_SPARE_MAX 4096
+#define HELD_SPARE_BUF 1024
+
 struct held {
     struct held *next;
     uint8_t kind;
@@ -72,22 +78,49 @@ static struct shard_sync *ss_of(struct worker *w, uint32_t s)
     return &((struct shard_sync *)w->ssync)[s / (uint32_t)srv.nworkers];
 }
 
-/* How many replicas have shard s up to pos: received it (semi), or applied it (sync and WAIT).
- * Same-host replicas apply what they read and report only applied; TCP replicas report both. */
-static long long acked(uint32_t s, uint64_t pos)
+/* Where each attached replica is in shard s's log: how far it received (semi) or applied (sync
+ * and WAIT) it.  Same-host replicas apply what they read and report only applied; TCP
+ * replicas report both.  Positions only grow, so a view taken once serves a whole queue. */
+struct ack_view {
+    int n;
+    uint64_t pos[CTL_MAX_REPLICAS];
+};
+
+static void ack_view(uint32_t s, struct ack_view *v)
 {
-    if (!repl.ctl.hdr || pos == UINT64_MAX)
-        return 0;
+    v->n = 0;
+    if (!repl.ctl.hdr)
+        return;
     bool semi = cfg_sync_mode() == SYNC_SEMI;
-    long long n = 0;
     for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
         if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
             continue;
-        if (__atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE) >= pos ||
-            (semi && __atomic_load_n(&ctl_received(&repl.ctl, k)[s], __ATOMIC_ACQUIRE) >= pos))
-            n++;
+        uint64_t p = __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
+        if (semi) {
+            uint64_t r = __atomic_load_n(&ctl_received(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
+            if (r > p)
+                p = r;
+        }
+        v->pos[v->n++] = p;
     }
+}
+
+/* How many replicas of the view have the shard up to pos. */
+static long long ack_count(const struct ack_view *v, uint64_t pos)
+{
+    if (pos == UINT64_MAX)
+        return 0;
+    long long n = 0;
+    for (int i = 0; i < v->n; i++)
+        n += v->pos[i] >= pos;
     return n;
+}
+
+static long long acked(uint32_t s, uint64_t pos)
+{
+    struct ack_view v;
+    ack_view(s, &v);
+    return ack_count(&v, pos);
 }
 
 static uint64_t log_tail(uint32_t s)
@@ -116,10 +149,25 @@ void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, 
     }
 }
 
-static struct held *held_new(struct shard_sync *ss, int kind, const struct sync_target *t,
-                             int proto, int crlf)
+static struct held *held_new(struct worker *w, struct shard_sync *ss, int kind,
+                             const struct sync_target *t, int proto, int crlf)
 {
-    struct held *h = rk_calloc(1, sizeof(*h));
+    struct held *h = w->held_spare;
+    if (h) {
+        /* What a caller does not set; argv is NULL since held_free. */
+        w->held_spare = h->next;
+        w->held_nspare--;
+        if (w->held_spare) /* the next write's, likely in this same batch */
+            __builtin_prefetch(w->held_spare, 1);
+        h->next = NULL;
+        h->pos = 0;
+        h->need = 0;
+        h->ival = 0;
+        h->nelem = 0;
+        h->b.len = 0;
+    } else {
+        h = rk_calloc(1, sizeof(*h));
+    }
     h->kind = (uint8_t)kind;
     h->t = *t;
     h->proto = (uint8_t)proto;
@@ -137,11 +185,18 @@ static struct held *held_new(struct shard_sync *ss, int kind, const struct sync_
     return h;
 }
 
-static void held_free(struct held *h)
+static void held_free(struct worker *w, struct held *h)
 {
-    buf_free(&h->b);
     rk_free(h->argv);
-    rk_free(h);
+    h->argv = NULL;
+    if (w->held_nspare >= HELD_SPARE_MAX || h->b.cap > HELD_SPARE_BUF) {
+        buf_free(&h->b);
+        rk_free(h);
+        return;
+    }
+    h->next = w->held_spare;
+    w->held_spare = h;
+    w->held_nspare++;
 }
 
 /* Is this command a blind write: its reply can't depend on what is stored? */
@@ -175,7 +230,7 @@ static void run_now(struct worker *w, struct shard_sync *ss, uint32_t s, uint64_
     }
     struct held *h = into;
     if (!h) {
-        h = held_new(ss, HELD_REPLY, t, proto, crlf);
+        h = held_new(w, ss, HELD_REPLY, t, proto, crlf);
     } else {
         h->kind = HELD_REPLY;
         h->b.len = 0;
@@ -197,7 +252,7 @@ void sync_exec(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int a
     struct shard_sync *ss = ss_of(w, s);
     if (ss->cmds > 0 || (ss->head && !blind_write(fn, argc, argv))) {
         /* Wait behind the writes not yet acknowledged: keep a private copy. */
-        struct held *h = held_new(ss, HELD_CMD, t, proto, crlf);
+        struct held *h = held_new(w, ss, HELD_CMD, t, proto, crlf);
         h->fn = fn;
         h->hash = hash;
         h->argc = argc;
@@ -233,7 +288,7 @@ void sync_wait_part(struct worker *w, uint32_t s, long long need, long long time
         sync_deliver(w, t, w->scratch.p, w->scratch.len, have, 0);
         return;
     }
-    struct held *h = held_new(ss, HELD_WAIT, t, PROTO_RESP, 0);
+    struct held *h = held_new(w, ss, HELD_WAIT, t, PROTO_RESP, 0);
     h->pos = pos;
     h->need = need;
     h->deadline = timeout_ms > 0 ? w->now_ms + timeout_ms : INT64_MAX;
@@ -266,21 +321,24 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
     long long need = cfg_sync_replicas();
     bool async = !sync_active();
     int64_t now = w->now_ms;
+    struct ack_view v;
+    ack_view(s, &v);
     struct held *h;
     while ((h = ss->head)) {
         if (h->kind == HELD_REPLY) {
-            bool ok = async || acked(s, h->pos) >= need;
+            bool ok = async || ack_count(&v, h->pos) >= need;
             if (!ok && now < h->deadline)
                 break;
             ss->head = h->next;
             if (!ss->head)
                 ss->tail = NULL;
             release_reply(w, h, !ok);
-            held_free(h);
+            held_free(w, h);
             w->sync_held--;
         } else {
             /* A command waits until every write logged so far is acknowledged. */
-            bool ok = async || acked(s, log_tail(s)) >= need || now >= ss->last_write_deadline;
+            bool ok = async || ack_count(&v, log_tail(s)) >= need ||
+                      now >= ss->last_write_deadline;
             if (!ok)
                 break;
             ss->cmds--;
@@ -293,7 +351,7 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
                 ss->head = h->next;
                 if (!ss->head)
                     ss->tail = NULL;
-                held_free(h);
+                held_free(w, h);
             } else {
                 h->t = tmp.t;
             }
@@ -301,7 +359,7 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
     }
     struct held **pp = &ss->waits;
     while ((h = *pp)) {
-        long long have = acked(s, h->pos);
+        long long have = ack_count(&v, h->pos);
         if (have < h->need && now < h->deadline) {
             pp = &h->next;
             continue;
@@ -312,7 +370,7 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
         reply_init(&r, &w->scratch, PROTO_RESP, 0);
         reply_int(&r, have);
         sync_deliver(w, &h->t, w->scratch.p, w->scratch.len, have, 0);
-        held_free(h);
+        held_free(w, h);
         w->sync_held--;
     }
 }

@@ -185,6 +185,8 @@ struct worker {
     uint8_t *rstarted; /* replica: per own shard, rpos is valid */
     char *rbuf[REPL_APPLY_BATCH]; /* replica: record copy buffers, one per record of a batch */
     void *ssync;                  /* per own shard: held replies and commands (net/repl_sync.c) */
+    void *held_spare;             /* released held entries kept for reuse (net/repl_sync.c) */
+    int held_nspare;
     int64_t sync_held;            /* entries held in all our shards' queues */
     bool sync_wrote;              /* the command running now changed its shard */
     int64_t last_tick_ms;
