@@ -43,7 +43,10 @@ trap cleanup EXIT
     >"$DIR/master.log" 2>&1 &
 M=$!
 PIDS="$M"
-for _ in $(seq 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.05; done
+up() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
+for _ in $(seq 100); do up "$PORT" && break; sleep 0.05; done
+up "$PORT" || { echo "threadstat.sh: the master did not start on port $PORT:" >&2
+                 cat "$DIR/master.log" >&2; exit 1; }
 if [ "$TRANSPORT" != none ]; then
     "$SERVER" --port "$RPORT" --threads 1 --unixsocket "$DIR/r.sock" --loglevel warning \
         --replicaof 127.0.0.1 "$PORT" --repl-transport "$TRANSPORT" >"$DIR/replica.log" 2>&1 &
@@ -52,6 +55,11 @@ if [ "$TRANSPORT" != none ]; then
         redis-cli -p "$PORT" info replication 2>/dev/null | grep -q 'state=online' && break
         sleep 0.1
     done
+    redis-cli -p "$PORT" info replication 2>/dev/null | grep -q 'state=online' || {
+        echo "threadstat.sh: the replica did not come online:" >&2
+        cat "$DIR/replica.log" >&2
+        exit 1
+    }
 fi
 redis-cli -p "$PORT" config set sync-mode "$MODE" >/dev/null
 
