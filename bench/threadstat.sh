@@ -43,14 +43,19 @@ trap cleanup EXIT
     >"$DIR/master.log" 2>&1 &
 M=$!
 PIDS="$M"
-up() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
-for _ in $(seq 100); do up "$PORT" && break; sleep 0.05; done
-up "$PORT" || { echo "threadstat.sh: the master did not start on port $PORT:" >&2
-                 cat "$DIR/master.log" >&2; exit 1; }
+# Up: the server on port $1 answers, and it is process $2 (not another one on that port).
+up() { redis-cli -p "$1" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$2"; }
+for _ in $(seq 100); do up "$PORT" "$M" && break; sleep 0.05; done
+up "$PORT" "$M" || { echo "threadstat.sh: the master did not start on port $PORT:" >&2
+                     cat "$DIR/master.log" >&2; exit 1; }
 if [ "$TRANSPORT" != none ]; then
     "$SERVER" --port "$RPORT" --threads 1 --unixsocket "$DIR/r.sock" --loglevel warning \
         --replicaof 127.0.0.1 "$PORT" --repl-transport "$TRANSPORT" >"$DIR/replica.log" 2>&1 &
-    PIDS="$PIDS $!"
+    R=$!
+    PIDS="$PIDS $R"
+    for _ in $(seq 100); do up "$RPORT" "$R" && break; sleep 0.05; done
+    up "$RPORT" "$R" || { echo "threadstat.sh: the replica did not start on port $RPORT:" >&2
+                          cat "$DIR/replica.log" >&2; exit 1; }
     for _ in $(seq 100); do
         redis-cli -p "$PORT" info replication 2>/dev/null | grep -q 'state=online' && break
         sleep 0.1
