@@ -702,14 +702,21 @@ static void *worker_main(void *arg)
         if (repl_is_replica() || w->link ||
             __atomic_load_n(&repl.link_epoch, __ATOMIC_ACQUIRE) != w->link_epoch_seen)
             repl_replica_pass(w);
+        /* While replicas follow, each completion's records carry the time it was handled,
+         * not the pass's start: a replica's apply lag counts from when a record was written. */
+        bool stamp = repl_logging();
         io_uring_for_each_cqe(&w->ring, head, cqe)
         {
+            if (stamp)
+                ring_set_clock(rk_mono_ns());
             handle_cqe(w, cqe);
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
         w->pass_cqes = n;
         __atomic_store_n(&w->passes, w->passes + 1, __ATOMIC_RELAXED);
+        if (stamp)
+            ring_set_clock(rk_mono_ns());
         drain_xrings(w);
         if (!repl_is_replica()) {
             repl_master_pass(w);
