@@ -69,7 +69,8 @@ struct ring_shard {
 };
 
 /* Writer: the CLOCK_MONOTONIC time stamped on what this thread publishes next (a worker sets
- * it once per loop pass).  Same host, same clock: a replica measures its apply lag from it. */
+ * it before each completion it handles while replicas follow, so a record carries about the
+ * time it was written).  Same host, same clock: a replica measures its apply lag from it. */
 void ring_set_clock(uint64_t ns);
 
 struct ring_hdr {
