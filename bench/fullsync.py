@@ -85,9 +85,9 @@ def probe_loop(port, keys, gap_s, stop, phase):
     """One GET every gap_s, the first phase * gap_s from now, on a connection of its own until
     stop(wait_s) says so; returns each GET's latency, counted from when it was due, and the
     error that ended it, if any."""
-    lat, error = [], None
-    conn = Conn(port, timeout=30.0)
+    lat, error, conn = [], None, None
     try:
+        conn = Conn(port, timeout=30.0)
         t0 = time.monotonic() + phase * gap_s
         i = 0
         while True:
@@ -101,7 +101,8 @@ def probe_loop(port, keys, gap_s, stop, phase):
     except (OSError, RespError, ValueError, ConnectionError) as e:
         error = str(e)
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
     return lat, error
 
 
@@ -142,9 +143,18 @@ class PacedProbe:
              str(gap_s * 1000.0), kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             text=True)
 
+    def tell_stop(self):
+        """Close its input: it sends no GET after this (stop() then collects)."""
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            self.proc.stdin = None  # communicate() must not flush it
+
     def stop(self):
         try:
-            out, _ = self.proc.communicate(input="", timeout=35)
+            out, _ = self.proc.communicate(timeout=35)
             res = json.loads(out)
             self.lat, self.error, self.priority = res["lat"], res["error"], res["priority"]
         except (subprocess.TimeoutExpired, ValueError, KeyError) as e:
@@ -351,6 +361,9 @@ class FullSync:
         return proc, path, time.monotonic()
 
     def end_load(self, proc, path):
+        # The probes stop first, both at once, so that none of their GETs falls after the load.
+        for probe in self.probes.values():
+            probe.tell_stop()
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
         try:

@@ -398,6 +398,10 @@ bool sync_busy(struct worker *w)
         struct shard_sync *ss = ss_of(w, s);
         if (ss->head && ss->head->kind == HELD_REPLY && acked(s, ss->head->pos) >= need)
             return true;
+        /* A command at the head runs once every write logged so far is acknowledged (an
+         * acknowledgement that came after this pass's look would otherwise wake nobody). */
+        if (ss->head && ss->head->kind == HELD_CMD && acked(s, log_tail(s)) >= need)
+            return true;
         for (struct held *h = ss->waits; h; h = h->next)
             if (acked(s, h->pos) >= h->need)
                 return true;
