@@ -99,6 +99,16 @@ static inline bool in_resize(struct shard *s)
     return shard_rehash_step(s, 0) == 1;
 }
 
+/* Put keys 0, 1, ... (no deadline) until there are at least `at_least` and a resize has just
+ * begun; returns how many were put. */
+static inline unsigned fill_into_resize(struct shard *s, unsigned at_least)
+{
+    unsigned n = 0;
+    while (n < at_least || !in_resize(s))
+        put_i(s, n++, KV_NO_EXPIRE);
+    return n;
+}
+
 /* A visit callback counting how often each key index was seen. */
 struct seen {
     unsigned *hits;

@@ -178,32 +178,35 @@ Test(shard, set_overwrites_in_place_only_when_the_shape_is_the_same)
     shard_free(s);
 }
 
+/* Key i's overwritten value (NUL-terminated; returns its length): one byte longer than
+ * val_of's for every third key, the same length with another first byte otherwise. */
+static size_t new_val_of(char *v, unsigned i)
+{
+    size_t vl = val_of(v, i);
+    if (i % 3 == 0)
+        v[vl++] = '+';
+    else
+        v[0] = 'V';
+    v[vl] = 0;
+    return vl;
+}
+
 Test(shard, set_during_resize_reaches_keys_in_either_table)
 {
     struct shard *s = shard_new();
-    unsigned n = 0;
-    while (n < 3000 || !in_resize(s))
-        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned n = fill_into_resize(s, 3000);
     /* Overwrite every key (same length: in place wherever it is; a longer value for every
-     * third: a new entry in the new table), a few resize steps at a time. */
+     * third: a new entry in the new table), while the resize goes on. */
     for (unsigned i = 0; i < n; i++) {
         char k[32], v[48];
-        size_t kl = key_of(k, i), vl = val_of(v, i);
-        if (i % 3 == 0)
-            v[vl++] = '+';
-        else
-            v[0] = 'V';
+        size_t kl = key_of(k, i), vl = new_val_of(v, i);
         shard_set(s, kv_hash(k, kl), k, kl, v, vl, KV_NO_EXPIRE);
     }
     cr_assert_eq(shard_count(s), n);
     for (unsigned i = 0; i < n; i++) {
         char k[32], v[48];
-        size_t kl = key_of(k, i), vl = val_of(v, i);
-        if (i % 3 == 0)
-            v[vl++] = '+';
-        else
-            v[0] = 'V';
-        v[vl] = 0;
+        size_t kl = key_of(k, i);
+        new_val_of(v, i);
         k[kl] = 0;
         assert_val(s, k, v, KV_NO_EXPIRE);
     }
@@ -291,10 +294,8 @@ Test(shard, many_keys_lookups_during_resize)
 Test(shard, deletes_and_replaces_during_resize)
 {
     struct shard *s = shard_new();
-    unsigned n = 0;
     /* Grow past a few resizes, then stop right after one begins. */
-    while (n < 3000 || !in_resize(s))
-        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned n = fill_into_resize(s, 3000);
     cr_assert(in_resize(s));
 
     /* Replace some keys (most still in the old table) and delete others, mid-resize. */
@@ -610,9 +611,7 @@ Test(shard, expire_step_during_resize)
 Test(shard, foreach_visits_all_even_mid_resize)
 {
     struct shard *s = shard_new();
-    unsigned n = 0;
-    while (n < 5000 || !in_resize(s))
-        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned n = fill_into_resize(s, 5000);
     cr_assert(in_resize(s));
     struct seen sn = {.hits = calloc(n, sizeof(unsigned)), .n = n};
     shard_foreach(s, count_visit, &sn);
@@ -641,9 +640,7 @@ Test(shard, flush_resets)
     shard_foreach(s, count_visit, &sn);
     cr_assert_eq(sn.calls, 0);
     /* Still usable, and flushing mid-resize works too. */
-    unsigned n = 0;
-    while (n < 100 || !in_resize(s))
-        put_i(s, n++, KV_NO_EXPIRE);
+    fill_into_resize(s, 100);
     cr_assert(has_i(s, 0));
     shard_flush(s);
     cr_assert_eq(shard_count(s), 0);
@@ -677,9 +674,7 @@ Test(shard, random_entry)
 
     /* Mid-resize: only live entries come back, from both tables.  Right after a resize
      * begins nearly every key is still in the old table, and random moves nothing. */
-    unsigned n = 0;
-    while (n < 1000 || !in_resize(s))
-        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned n = fill_into_resize(s, 1000);
     unsigned *seen = calloc(n, sizeof(unsigned)), distinct = 0;
     for (int k = 0; k < 500; k++) {
         struct kv_entry *e = shard_random(s, rng());

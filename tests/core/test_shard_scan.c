@@ -361,9 +361,7 @@ Test(shard, walk_begun_mid_resize)
 {
     /* Begun while a grow is in progress (keys in both tables), then more keys come. */
     struct shard *s = shard_new();
-    unsigned n = 0;
-    while (n < 5000 || !in_resize(s))
-        put_i(s, n++, KV_NO_EXPIRE);
+    unsigned n = fill_into_resize(s, 5000);
     unsigned base = n;
     struct seen sn = {.hits = calloc(WALK_TOTAL, sizeof(unsigned)), .n = WALK_TOTAL};
     walk_next = base;
