@@ -48,11 +48,20 @@ Output: a markdown table on stdout, and in BENCH_RESULTS (bench/results):
 BENCH_STAMP, which bench/suite.sh sets for both), the section is appended to it and to
 latest.md.
 
+The replica's scheduling.  On a machine with a few CPUs the replica shares them with the
+master, and what it spends applying the copy is CPU the master's workers wait for; a replica on
+a host of its own takes none.  FULLSYNC_REPLICA_SCHED=idle starts every replica in the
+SCHED_IDLE class, so that it runs only on a CPU that nothing else wants: the master's latency
+then shows what the sync costs the master itself, not what a neighbour takes.  It applies to
+the replicas of part 2 only; part 1's timed syncs run like any process (a SCHED_IDLE replica
+would be timed waiting for CPUs that a replica on a host of its own would have).  The default,
+"normal", starts them all like any process.  The results name the setting.
+
 Environment: the suite's BENCH_THREADS, BENCH_REPLICA_THREADS (master and replica worker
 threads, 2 and 1) and BENCH_MASTER_CPUS, BENCH_REPLICA_CPUS, BENCH_CLIENT_CPUS (placement;
 bench/suite.py), BENCH_QUICK=1 (one run of each), FULLSYNC_RUNS (3; quick 1), FULLSYNC_LOAD_RUNS
 (5; quick 1), FULLSYNC_KEYS (1000000), FULLSYNC_CLIENTS (4), FULLSYNC_LEAD (0.2),
-FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
+FULLSYNC_TAIL (0.2), FULLSYNC_PROBE_GAP_MS (2), FULLSYNC_REPLICA_SCHED (normal), BENCH_RESULTS, BENCH_STAMP, RINGKV_SERVER, RINGKV_BENCH.
 """
 
 import json
@@ -184,6 +193,11 @@ class FullSync:
         self.lead = env_float("FULLSYNC_LEAD", 0.2)
         self.tail = env_float("FULLSYNC_TAIL", 0.2)
         self.probe_gap = env_float("FULLSYNC_PROBE_GAP_MS", 2.0) / 1000.0
+        self.replica_sched = os.environ.get("FULLSYNC_REPLICA_SCHED") or "normal"
+        if self.replica_sched not in ("normal", "idle"):
+            raise SystemExit("fullsync: FULLSYNC_REPLICA_SCHED must be normal or idle, not %r"
+                             % self.replica_sched)
+        self.replica_idle = self.replica_sched == "idle"
         self.results = os.path.abspath(os.environ.get("BENCH_RESULTS",
                                                       os.path.join(REPO, "bench/results")))
         self.stamp = os.environ.get("BENCH_STAMP") or \
@@ -225,12 +239,13 @@ class FullSync:
         self.keys = size
         log("fullsync: master preloaded %d keys in %.1f s" % (size, time.monotonic() - t0))
 
-    def new_replica(self, follow):
-        """Start a replica process without waiting for it; returns (server, t_start)."""
+    def new_replica(self, follow, idle=False):
+        """Start a replica process without waiting for it (idle: in the SCHED_IDLE class);
+        returns (server, t_start)."""
         self.nrep += 1
         s = suite.Server("fullsync-replica-%d" % self.nrep,
                          lambda p: self.replica_argv(p, follow), self.workdir,
-                         suite.REPLICA_CPUS)
+                         suite.REPLICA_CPUS, idle)
         s.port = suite.free_port()
         s.argv = s.argv_fn(s.port)
         with open(s.logpath, "ab") as logf:
@@ -238,7 +253,7 @@ class FullSync:
             s.proc = subprocess.Popen(s.argv, stdin=subprocess.DEVNULL, stdout=logf,
                                       stderr=subprocess.STDOUT, cwd=self.workdir,
                                       start_new_session=True,
-                                      preexec_fn=suite.placement(s.cpus))
+                                      preexec_fn=suite.placement(s.cpus, s.idle))
         suite.LIVE.append(s)
         return s, t0
 
@@ -310,7 +325,7 @@ class FullSync:
         """One full sync with nothing else running; how = "process" or "replicaof"."""
         full0 = self.sync_full()
         if how == "process":
-            rep, t0 = self.new_replica(True)
+            rep, t0 = self.new_replica(True, self.replica_idle)
         else:
             rep = suite.Server("fullsync-replica-%d" % (self.nrep + 1),
                                lambda p: self.replica_argv(p, False), self.workdir,
@@ -405,7 +420,7 @@ class FullSync:
         full0 = self.sync_full()
         proc, path, t_load = self.start_load(tag)
         time.sleep(self.lead)
-        rep, t0 = self.new_replica(True)
+        rep, t0 = self.new_replica(True, self.replica_idle)
         secs, info, why = self.wait_synced(rep, t0)
         if why is None:
             time.sleep(self.tail)
@@ -531,6 +546,8 @@ class FullSync:
                                    + "; then REPLICAOF 127.0.0.1 P",
             "load": q(self.load_argv("F")) +
                     "  (stopped with SIGINT)",
+            **({"replica (beside the load)": "chrt -i 0 " + q(self.replica_argv(0)).replace(
+                "--port 0", "--port P2")} if self.replica_idle else {}),
         }
 
     def probe_priority(self, name):
@@ -553,11 +570,16 @@ class FullSync:
                    "on its own connection, its latency counted from when it was due (a "
                    "closed-loop client's p99 hides a stall: each of its connections records "
                    "one slow reply however long the stall): the FIFO probe at %s priority, "
-                   "the normal probe at %s priority. Load "
+                   "the normal probe at %s priority. %s Load "
                    "average %.1f at the start, %.1f at the end; %.0f s in all.\n"
                    % ("{:,}".format(self.keys), suite.VALUE_SIZE, self.clients, self.tail,
                       self.lead, self.probe_gap * 1000, self.probe_priority("paced"),
                       self.probe_priority("paced_normal"),
+                      "The replicas synced beside the load ran in the SCHED_IDLE class "
+                      "(FULLSYNC_REPLICA_SCHED=idle): only on a CPU nothing else wanted, so "
+                      "the master's latency shows what the sync costs the master, not a "
+                      "neighbour's use of its CPUs; the timed syncs ran like any process."
+                      if self.replica_idle else "Every replica ran like any process.",
                       self.load_start[0], self.load_end[0],
                       self.elapsed))
         sp, sr = s["sync_process"], s["sync_replicaof"]
@@ -658,6 +680,7 @@ class FullSync:
                              "value_size": suite.VALUE_SIZE, "sync_runs": self.runs,
                              "load_pairs": self.load_runs, "load_clients": self.clients,
                              "lead_s": self.lead, "tail_s": self.tail,
+                             "replica_sched": self.replica_sched,
                              "cpus": suite.placement_settings()},
                 "commands": self.commands(), "summary": s, "sync_runs": self.sync_runs,
                 "load_pairs": self.load_pairs, "notes": self.notes}

@@ -143,11 +143,18 @@ def cpu_list(name):
     return cpus
 
 
-def placement(cpus):
-    """A preexec_fn that confines a child to cpus (None: no placement)."""
-    if cpus is None:
+def placement(cpus, idle=False):
+    """A preexec_fn that confines a child to cpus (None: any) and, with idle, puts it in the
+    SCHED_IDLE class (it runs only on a CPU that nothing else wants); None when neither."""
+    if cpus is None and not idle:
         return None
-    return lambda: os.sched_setaffinity(0, cpus)
+
+    def place():
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+        if idle:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    return place
 
 
 MASTER_CPUS = cpu_list("BENCH_MASTER_CPUS")
@@ -344,10 +351,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class Server:
     """A server process on 127.0.0.1; stopped by its pid (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, name, argv_fn, workdir, cpus=None):
+    def __init__(self, name, argv_fn, workdir, cpus=None, idle=False):
         self.name = name
         self.argv_fn = argv_fn  # port -> argv
         self.cpus = cpus        # the CPUs it may run on (None: any)
+        self.idle = idle        # SCHED_IDLE (see placement)
         self.workdir = workdir
         self.proc = None
         self.port = None
@@ -364,7 +372,7 @@ class Server:
                 self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=logf,
                                              stderr=subprocess.STDOUT, cwd=self.workdir,
                                              start_new_session=True,
-                                             preexec_fn=placement(self.cpus))
+                                             preexec_fn=placement(self.cpus, self.idle))
             LIVE.append(self)
             why = self._wait_ping()
             if why is None:

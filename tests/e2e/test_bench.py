@@ -8,6 +8,10 @@ bench/fullsync.py's paced probe (`fullsync.py --probe`): it sends GETs at its pa
 standard input closes, then reports every latency, its priority and no error; a server that
 goes away ends it with the error, not a hang.
 
+bench/suite.py's placement (the preexec_fn every bench server starts with): it confines a
+child to the CPUs asked for and, for bench/fullsync.py's FULLSYNC_REPLICA_SCHED=idle, puts it
+in the SCHED_IDLE class; fullsync.py refuses any other value of that variable.
+
 The load generator is $RINGKV_BENCH, else build/asan/ringkv-bench, else build/rel/ringkv-bench;
 the tests are skipped when there is none.  Every run is bounded (1 s, or a few thousand
 requests) and has a timeout.
@@ -19,8 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
 from harness import REPO, ServerTestCase, built_binary
+
+sys.path.insert(0, os.path.join(REPO, "bench"))
+import suite  # noqa: E402  (bench/suite.py: placement)
 
 RATE = 5000
 CLIENTS = 4
@@ -159,3 +167,34 @@ class FullSyncProbe(ServerTestCase):
         res = self.finish(p)
         self.assertIsNotNone(res["error"])
         self.assertGreater(len(res["lat"]), 0)
+
+
+class Placement(unittest.TestCase):
+    """bench/suite.py's placement, on a child that sleeps until it is looked at."""
+
+    def child(self, preexec):
+        p = subprocess.Popen(["sleep", "30"], preexec_fn=preexec)
+        self.addCleanup(lambda: (p.kill(), p.wait()))
+        return p
+
+    def test_idle_class_and_cpus(self):
+        cpu = min(os.sched_getaffinity(0))
+        p = self.child(suite.placement({cpu}, idle=True))
+        self.assertEqual(os.sched_getscheduler(p.pid), os.SCHED_IDLE)
+        self.assertEqual(os.sched_getaffinity(p.pid), {cpu})
+        p = self.child(suite.placement(None, idle=True))
+        self.assertEqual(os.sched_getscheduler(p.pid), os.SCHED_IDLE)
+        self.assertEqual(os.sched_getaffinity(p.pid), os.sched_getaffinity(0))
+
+    def test_default_is_no_change(self):
+        self.assertIsNone(suite.placement(None))
+        p = self.child(suite.placement({min(os.sched_getaffinity(0))}))
+        self.assertEqual(os.sched_getscheduler(p.pid), os.sched_getscheduler(0))
+
+    def test_fullsync_refuses_other_values(self):
+        env = dict(os.environ, FULLSYNC_REPLICA_SCHED="fifo")
+        r = subprocess.run([sys.executable, os.path.join(REPO, "bench/fullsync.py")], env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, timeout=30)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("FULLSYNC_REPLICA_SCHED must be normal or idle", r.stderr)
