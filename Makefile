@@ -37,7 +37,7 @@ BENCHB := $(BUILD)/ringkv-bench
 
 # Packages a fresh Debian 12 needs: build libraries, and the peers the tests talk to.
 DEB_BUILD := build-essential liburing-dev libnuma-dev libcriterion-dev libxxhash-dev pkg-config
-DEB_TEST  := redis-tools redis-server python3-redis
+DEB_TEST  := redis-tools redis-server python3-redis iproute2
 DEB_BENCH := gnuplot-nox
 
 .PHONY: all deps deps-test deps-bench run test unit e2e tsan bench clean format

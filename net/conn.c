@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "net/dispatch.h"
+#include "net/repl.h"
 
 void conn_mark_dirty(struct conn *c)
 {
@@ -141,13 +142,8 @@ static void drain_slots(struct conn *c)
         conn_mark_dirty(c);
 }
 
-void conn_part_done(struct conn *c, struct slot *s, int i)
+void conn_slot_finish(struct conn *c, struct slot *s)
 {
-    if (i >= 0)
-        s->parts[i].done = true;
-    rk_assert(s->remaining > 0);
-    if (--s->remaining > 0)
-        return;
     if (!dispatch_combine(c, s))
         return; /* a next phase was started */
     s->done = true;
@@ -155,8 +151,20 @@ void conn_part_done(struct conn *c, struct slot *s, int i)
         drain_slots(c);
 }
 
+void conn_part_done(struct conn *c, struct slot *s, int i)
+{
+    if (i >= 0)
+        s->parts[i].done = true;
+    rk_assert(s->remaining > 0);
+    if (--s->remaining > 0)
+        return;
+    if (sync_slot_gate(c, s))
+        return; /* waits for replicas that hold every part; finished later */
+    conn_slot_finish(c, s);
+}
+
 void conn_part_deliver(struct conn *c, struct slot *s, int i, const char *p, size_t n,
-                       long long ival, long nelem)
+                       long long ival, long nelem, const struct part_sync *ps)
 {
     if (s->nparts == 1 && s->comb == COMB_ONE && s == c->slot_head && s->remaining == 1) {
         /* The common case, one remote key at the head of the queue: straight to pend. */
@@ -174,6 +182,8 @@ void conn_part_deliver(struct conn *c, struct slot *s, int i, const char *p, siz
     buf_append(&pt->b, p, n);
     pt->ival = ival;
     pt->nelem = nelem;
+    if (ps)
+        pt->ps = *ps;
     conn_part_done(c, s, i);
 }
 

@@ -378,7 +378,20 @@ void dispatch_remote_reply(struct worker *w, const void *msg, size_t len)
     rk_assert(c->w == w);
     c->refs--;
     w->awaiting--;
-    conn_part_deliver(c, rp->slot, rp->part, rp->bytes, rp->blen, rp->ival, rp->nelem);
+    conn_part_deliver(c, rp->slot, rp->part, rp->bytes, rp->blen, rp->ival, rp->nelem, NULL);
+    conn_release(c);
+}
+
+void dispatch_remote_reply_sync(struct worker *w, const void *msg, size_t len)
+{
+    const struct part_sync *ps = msg;
+    const struct xm_rep *rp = (const struct xm_rep *)(ps + 1);
+    rk_assert(len == sizeof(*ps) + sizeof(*rp) + rp->blen);
+    struct conn *c = rp->conn;
+    rk_assert(c->w == w);
+    c->refs--;
+    w->awaiting--;
+    conn_part_deliver(c, rp->slot, rp->part, rp->bytes, rp->blen, rp->ival, rp->nelem, ps);
     conn_release(c);
 }
 
@@ -456,6 +469,18 @@ bool dispatch_combine(struct conn *c, struct slot *s)
 {
     struct reply r;
     reply_init(&r, &s->out, s->proto, s->crlf);
+    /* Semi/sync writes not confirmed in time under sync-fallback error: the reply is the
+     * error, whether one part timed out or the parts' replicas were not the same ones. */
+    if (s->sync_failed && cfg_sync_fallback() == FALLBACK_ERROR) {
+        sync_norepl(&r);
+        return true;
+    }
+    for (int i = 0; i < s->nparts; i++) {
+        if (s->parts[i].ps.refused) {
+            buf_append(&s->out, s->parts[i].b.p, s->parts[i].b.len);
+            return true;
+        }
+    }
     switch (s->comb) {
     case COMB_ONE:
         if (s->nparts) {
@@ -483,14 +508,9 @@ bool dispatch_combine(struct conn *c, struct slot *s)
     case COMB_OK:
         reply_ok(&r);
         break;
-    case COMB_MIN: {
-        long long m = s->nparts ? s->parts[0].ival : 0;
-        for (int i = 1; i < s->nparts; i++)
-            if (s->parts[i].ival < m)
-                m = s->parts[i].ival;
-        reply_int(&r, m);
+    case COMB_WAIT:
+        reply_int(&r, s->wait_count);
         break;
-    }
     case COMB_DIGEST: {
         uint8_t acc[KS_DIGEST_LEN] = {0};
         for (int i = 0; i < s->nparts; i++) {
@@ -614,19 +634,20 @@ struct xm_wait {
     struct slot *slot;
     int32_t part;
     uint32_t shard;
-    long long need, timeout_ms;
 };
 
 void dispatch_wait(struct conn *c, struct req *req, long long need, long long timeout_ms)
 {
-    struct slot *sl = conn_slot_new(c, (int)srv.nshards, COMB_MIN, req->proto, req->crlf);
+    struct slot *sl = conn_slot_new(c, (int)srv.nshards, COMB_WAIT, req->proto, req->crlf);
+    sl->wait_need = need;
+    sl->wait_deadline = timeout_ms > 0 ? c->w->now_ms + timeout_ms : INT64_MAX;
     sl->remaining++;
     for (uint32_t s = 0; s < srv.nshards; s++) {
         struct worker *o = shard_owner(s);
         if (o == c->w) {
             struct sync_target t = {.conn = c, .slot = sl, .part = (int)s};
             c->refs++;
-            sync_wait_part(c->w, s, need, timeout_ms, &t);
+            sync_wait_part(c->w, s, &t);
             continue;
         }
         struct xm_wait *m = worker_post(c->w, o->id, sizeof(*m), XM_WAIT);
@@ -634,8 +655,6 @@ void dispatch_wait(struct conn *c, struct req *req, long long need, long long ti
         m->slot = sl;
         m->part = (int32_t)s;
         m->shard = s;
-        m->need = need;
-        m->timeout_ms = timeout_ms;
         c->refs++;
     }
     conn_part_done(c, sl, -1);
@@ -648,7 +667,7 @@ void dispatch_remote_other(struct worker *w, int from, uint32_t type, const void
         const struct xm_wait *m = msg;
         struct sync_target t = {
             .remote = true, .from = from, .conn = m->conn, .slot = m->slot, .part = m->part};
-        sync_wait_part(w, m->shard, m->need, m->timeout_ms, &t);
+        sync_wait_part(w, m->shard, &t);
     } else if (type == XM_CLIENT_LIST) {
         rk_assert(len == sizeof(struct xm_clist));
         remote_client_list(w, from, msg);

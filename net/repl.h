@@ -39,6 +39,9 @@ struct worker;
 struct conn;
 struct req;
 struct buf;
+struct slot;
+struct part_sync;
+struct reply;
 
 /* The master's view of one attached replica (set by the main thread, read by workers). */
 struct repl_peer {
@@ -48,7 +51,7 @@ struct repl_peer {
     int32_t pid;
     char addr[64];
     int port;                /* the replica's own listening port, for INFO */
-    int64_t behind_since_ms; /* main thread: first tick the replica was seen behind, for lag */
+    int64_t behind_since_ms; /* main thread: last tick the replica was seen caught up */
     bool tcp;                /* a TCP replica: served by the replication thread */
     int tcp_closed;          /* repl thread: its socket is closed, the slot may be reclaimed */
     int tcp_kill;            /* main thread: cut it */
@@ -75,6 +78,15 @@ struct wire_hdr {
     uint32_t len;
 };
 
+/* When each shard's log reached where (net/repl_master.c, repl_lag_sample): what makes a
+ * replica's lag_us in INFO the age of the oldest write it has not applied. */
+#define LAG_HIST 256         /* samples per shard */
+#define LAG_SAMPLE_NS 100000 /* at most one sample per shard per 100 us */
+struct lag_hist {
+    uint64_t pos[LAG_HIST], ns[LAG_HIST]; /* the log's end, and CLOCK_MONOTONIC then */
+    uint32_t n;                           /* samples taken; the newest at (n - 1) % LAG_HIST */
+};
+
 struct repl_state {
     /* both roles */
     bool is_replica; /* set at start or by REPLICAOF (main thread), read by all */
@@ -88,6 +100,7 @@ struct repl_state {
     uint32_t walk_req; /* bumped per attach: workers start a walk */
     struct repl_peer peers[CTL_MAX_REPLICAS];
     uint64_t sync_timeouts; /* writes answered by the fallback at sync-timeout */
+    struct lag_hist *lagh;  /* per shard, written by its owner worker, read by INFO */
     /* replica */
     char master_host[256];
     int master_port;
@@ -124,12 +137,8 @@ struct repl_state {
     /* replica with replicas of its own: walks to ask the master for (a counter the replication
      * thread passes on in its acks), since only the master's workers can walk */
     uint32_t walk_upstream;
-    int drop_shm_peers;
-    uint64_t last_offset;
-    /* replica: what it had applied when a shm link went down (INFO) */ /* our log was reset by
-                                                                           a full sync:
-                                                                           same-host replicas
-                                                                           must resync */
+    int drop_shm_peers; /* our log was reset by a full sync: same-host replicas must resync */
+    uint64_t last_offset; /* replica: what it had applied when a shm link went down (INFO) */
     uint64_t sync_full, sync_partial_ok, sync_partial_err;
     uint64_t zc_sends; /* batches sent with IORING_OP_SENDMSG_ZC */
 };
@@ -225,6 +234,12 @@ void repl_shutdown(void);
 
 /* Master worker, once per pass: start and advance walks, wake sleeping replicas. */
 void repl_master_pass(struct worker *w);
+/* Record that shard s's log ended at tail at now_ns (the shard's writer; at most one sample
+ * per LAG_SAMPLE_NS). */
+void repl_lag_sample(uint32_t s, uint64_t tail, uint64_t now_ns);
+/* The age in microseconds of the oldest write of shard s past applied (the log ends at tail),
+ * from the samples; -1 when it is older than the oldest sample kept. */
+int64_t repl_lag_us(uint32_t s, uint64_t applied, uint64_t tail, uint64_t now_ns);
 /* Master worker, before sleeping: true if it has walk work to do now. */
 bool repl_master_busy(struct worker *w);
 /* Replica worker, once per pass: apply the log of our shards, report, wake the master. */
@@ -249,11 +264,17 @@ bool sync_active(void);
 /* Run fn for target on shard s (owned by w), holding or deferring it as the mode requires. */
 void sync_exec(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int argc,
                const struct arg *argv, int proto, int crlf, const struct sync_target *t);
-/* One shard's part of WAIT: answer once `need` replicas have everything logged so far. */
-void sync_wait_part(struct worker *w, uint32_t s, long long need, long long timeout_ms,
-                    const struct sync_target *t);
+/* One shard's part of WAIT: answers at once with where shard s's log ends (its part_sync);
+ * the slot then waits in sync_slot_gate. */
+void sync_wait_part(struct worker *w, uint32_t s, const struct sync_target *t);
+/* Deliver a part's reply to t; ps (NULL: none) says what replicas must hold for it. */
 void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, size_t n,
-                  long long ival, long nelem);
+                  long long ival, long nelem, const struct part_sync *ps);
+/* On c's worker, once slot sl has all its parts: true if it must wait for replicas that hold
+ * every part (it is then finished later, by sync_progress); false to finish it now. */
+bool sync_slot_gate(struct conn *c, struct slot *sl);
+/* The error a write gets when sync-fallback is error and replicas did not confirm it. */
+void sync_norepl(struct reply *r);
 void sync_progress(struct worker *w);
 bool sync_busy(struct worker *w);
 

@@ -31,7 +31,7 @@ static uint64_t master_offset(void)
 static uint64_t slot_offset(const struct ctl_map *c, int k)
 {
     uint64_t sum = 0;
-    for (uint32_t s = 0; s < c->hdr->nshards; s++)
+    for (uint32_t s = 0; s < c->nshards; s++)
         sum += __atomic_load_n(&ctl_applied(c, k)[s], __ATOMIC_ACQUIRE);
     return sum;
 }
@@ -61,6 +61,31 @@ static void info_replid2(struct buf *b)
                       "second_repl_offset:-1\r\n");
 }
 
+/* How long ago the oldest write replica k has not applied was made, in microseconds: from
+ * each shard's samples (repl_lag_sample), else (older than they go back) the time since the
+ * main thread last saw it caught up, which is never less. */
+static int64_t replica_lag_us(int k, int64_t now_ms)
+{
+    uint64_t now_ns = rk_mono_ns();
+    int64_t lag = 0;
+    bool old = false;
+    for (uint32_t s = 0; s < srv.nshards; s++) {
+        uint64_t a = __atomic_load_n(&ctl_applied(&repl.ctl, k)[s], __ATOMIC_ACQUIRE);
+        int64_t l = repl_lag_us(s, a, ring_tail(&repl.log, s), now_ns);
+        if (l < 0)
+            old = true;
+        else if (l > lag)
+            lag = l;
+    }
+    if (old) {
+        int64_t since = now_ms - (int64_t)__atomic_load_n(&repl.peers[k].behind_since_ms,
+                                                          __ATOMIC_RELAXED);
+        if (since * 1000 > lag)
+            lag = since * 1000;
+    }
+    return lag;
+}
+
 static void info_master(struct buf *b)
 {
     int n = 0;
@@ -83,10 +108,7 @@ static void info_master(struct buf *b)
                    i++, p->addr, p->port, st == CTL_ONLINE ? "online" : "wait_bgsave",
                    (unsigned long long)off, (long long)((now - hb) / 1000), p->tcp ? "tcp" : "shm",
                    (int)p->pid, (unsigned long long)(moff > off ? moff - off : 0),
-                   (long long)(moff > off ? (now - (int64_t)__atomic_load_n(&p->behind_since_ms,
-                                                                            __ATOMIC_RELAXED)) *
-                                                1000
-                                          : 0));
+                   (long long)(moff > off ? replica_lag_us(k, now) : 0));
     }
     char id[41];
     repl_str_get(id, sizeof(id), repl.replid);
@@ -99,7 +121,7 @@ static void info_master(struct buf *b)
                "sync_timeouts:%llu\r\nsync_full:%llu\r\nsync_partial_ok:%llu\r\n"
                "sync_partial_err:%llu\r\nrepl_zerocopy_sends:%llu\r\n",
                (unsigned long long)moff, repl_logging() ? 1 : 0,
-               (unsigned long long)(repl.log.hdr ? repl.log.hdr->size * repl.log.hdr->nshards : 0),
+               (unsigned long long)(repl.log.hdr ? repl.log.size * repl.log.nshards : 0),
                (unsigned long long)moff, sync_mode_name(cfg_sync_mode()), cfg_sync_replicas(),
                (unsigned long long)__atomic_load_n(&repl.sync_timeouts, __ATOMIC_RELAXED),
                (unsigned long long)REPL_GET(repl.sync_full),
@@ -244,7 +266,7 @@ void srv_shminfo(struct conn *c, struct req *req)
     repl_boot_id(id, sizeof(id));
     rk_ll2str(n, srv.nshards);
     rk_ll2str(pid, (long long)getpid());
-    rk_ll2str(size, repl.log.hdr ? (long long)repl.log.hdr->size : 0);
+    rk_ll2str(size, repl.log.hdr ? (long long)repl.log.size : 0);
     reply_array(&r, 5);
     /* No Unix socket to offer (none, or this server is a replica): replicas use TCP. */
     reply_bulk_cstr(&r, repl.unix_fd >= 0 && (!repl_is_replica() || REPL_GET(repl.tcp_link))
@@ -270,7 +292,7 @@ void srv_psync(struct conn *c, struct req *req)
     else if (rk_str2ll(req->argv[2].p, req->argv[2].len, &nsh) < 0 || nsh != (long long)srv.nshards)
         err = "ERR shard count differs from the master's: restart the replica with --replicaof";
     else if (rk_str2ll(req->argv[3].p, req->argv[3].len, &size) < 0 ||
-             (uint64_t)size != repl.log.hdr->size)
+             (uint64_t)size != repl.log.size)
         err = "ERR repl-ring-size differs from the master's: restart the replica with --replicaof";
     else if (rk_str2ll(req->argv[4].p, req->argv[4].len, &port) < 0 || port < 0 || port > 65535)
         err = "ERR invalid port";

@@ -184,6 +184,7 @@ int repl_init(void)
         return 0;
     }
     int rc = ring_map_create(&repl.log, srv.nshards, (size_t)cfg.repl_ring_size, repl.replid);
+    repl.lagh = rk_calloc(srv.nshards, sizeof(struct lag_hist));
     if (rc == 0)
         rc = ctl_create(&repl.ctl, srv.nshards, (uint32_t)srv.nworkers);
     if (rc < 0) {
@@ -462,7 +463,7 @@ static void walk_emit(void *arg, const struct kv_entry *e)
  * that is still syncing (UINT64_MAX when none is). */
 static uint64_t walk_headroom(uint32_t s)
 {
-    uint64_t tail = ring_tail(&repl.log, s), half = repl.log.hdr->size / 2, room = UINT64_MAX;
+    uint64_t tail = ring_tail(&repl.log, s), half = repl.log.size / 2, room = UINT64_MAX;
     for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
         if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
             continue;
@@ -551,6 +552,53 @@ static int64_t mono_us(void)
     return (int64_t)(rk_mono_ns() / 1000);
 }
 
+void repl_lag_sample(uint32_t s, uint64_t tail, uint64_t now_ns)
+{
+    struct lag_hist *h = &repl.lagh[s];
+    uint32_t n = h->n; /* only this thread writes it */
+    if (n) {
+        uint32_t last = (n - 1) % LAG_HIST;
+        if (__atomic_load_n(&h->pos[last], __ATOMIC_RELAXED) == tail ||
+            now_ns - __atomic_load_n(&h->ns[last], __ATOMIC_RELAXED) < LAG_SAMPLE_NS)
+            return;
+    }
+    uint32_t i = n % LAG_HIST;
+    __atomic_store_n(&h->pos[i], tail, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->ns[i], now_ns, __ATOMIC_RELAXED);
+    __atomic_store_n(&h->n, n + 1, __ATOMIC_RELEASE);
+}
+
+int64_t repl_lag_us(uint32_t s, uint64_t applied, uint64_t tail, uint64_t now_ns)
+{
+    if (applied >= tail)
+        return 0;
+    const struct lag_hist *h = &repl.lagh[s];
+    uint32_t n = __atomic_load_n(&h->n, __ATOMIC_ACQUIRE);
+    if (!n)
+        return -1;
+    /* The oldest sample past applied: the first unapplied byte was written before it (and
+     * after the sample before it).  The writer may be overwriting the oldest slots meanwhile:
+     * only the newest LAG_HIST - 8 are looked at, and a torn pair only moves the estimate. */
+    uint32_t keep = n < LAG_HIST - 8 ? n : LAG_HIST - 8;
+    uint64_t ns = 0;
+    bool found = false;
+    for (uint32_t k = 0; k < keep; k++) {
+        uint32_t i = (n - keep + k) % LAG_HIST;
+        if (__atomic_load_n(&h->pos[i], __ATOMIC_RELAXED) > applied) {
+            ns = __atomic_load_n(&h->ns[i], __ATOMIC_RELAXED);
+            found = k > 0 || n <= keep; /* k == 0 of a full window: it may be older still */
+            break;
+        }
+    }
+    if (!found) {
+        if (ns) /* older than the window */
+            return -1;
+        /* Written after the newest sample. */
+        ns = __atomic_load_n(&h->ns[(n - 1) % LAG_HIST], __ATOMIC_RELAXED);
+    }
+    return now_ns > ns ? (int64_t)((now_ns - ns) / 1000) : 0;
+}
+
 void repl_master_pass(struct worker *w)
 {
     if (!repl.ctl.hdr || repl_is_replica())
@@ -637,6 +685,9 @@ void repl_master_pass(struct worker *w)
     if (w->repl_appended) {
         w->repl_appended = false;
         wake_replicas(w);
+        uint64_t now_ns = rk_mono_ns();
+        for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers)
+            repl_lag_sample(s, ring_tail(&repl.log, s), now_ns);
     }
 }
 

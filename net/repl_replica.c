@@ -303,7 +303,7 @@ static struct repl_link *attach(char *why, size_t wcap)
         rc = ctl_attach(&L->ctl, fds[1]);
     else
         close(fds[1]);
-    if (rc < 0 || L->log.hdr->nshards != srv.nshards || L->ctl.hdr->nshards != srv.nshards) {
+    if (rc < 0 || L->log.nshards != srv.nshards || L->ctl.nshards != srv.nshards) {
         snprintf(why, wcap, "the master's log or control region is not valid");
         if (L->log.hdr)
             ring_map_close(&L->log);
@@ -342,11 +342,11 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
         snprintf(why, wcap, "replication is off on this server (too many threads)");
         return NULL;
     }
-    if (si->nshards != (long)srv.nshards || si->ring_size != (long long)repl.log.hdr->size) {
+    if (si->nshards != (long)srv.nshards || si->ring_size != (long long)repl.log.size) {
         snprintf(why, wcap,
                  "the master has %ld shards and a %lld-byte repl-ring-size, this server %u and "
                  "%llu: restart this replica with --replicaof to adopt them",
-                 si->nshards, si->ring_size, srv.nshards, (unsigned long long)repl.log.hdr->size);
+                 si->nshards, si->ring_size, srv.nshards, (unsigned long long)repl.log.size);
         return NULL;
     }
     int fd = connect_master(why, wcap);
@@ -363,7 +363,7 @@ static struct repl_link *attach_tcp(const struct shminfo *si, char *why, size_t 
     ARG(held_replid());
     snprintf(num, sizeof(num), "%u", n);
     ARG(num);
-    snprintf(num, sizeof(num), "%llu", (unsigned long long)repl.log.hdr->size);
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)repl.log.size);
     ARG(num);
     snprintf(num, sizeof(num), "%d", cfg.port);
     ARG(num);

@@ -22,8 +22,21 @@
  * a failover could still lose.  Acks are batched: one replica position covers every write
  * logged before it, so a single ack releases all the replies it passes.
  *
- * WAIT numreplicas timeout runs on every shard (a part per shard) and answers the smallest
- * number of replicas that have every write logged on that shard before the WAIT.
+ * THE SAME REPLICAS FOR EVERY PART.  Acknowledgements are positions per replica and per
+ * shard.  A command that wrote on one shard is acknowledged by the replicas past its position
+ * there.  One whose parts wrote on several shards (MSET, DEL of several keys, FLUSHALL), and
+ * WAIT, need replicas that hold every part: with two replicas and sync-replicas 1, one replica
+ * holding shard 0's part and the other shard 1's is no replica that holds the write, and
+ * neither could be promoted without losing some of it.  So each part's reply carries its shard
+ * and position (struct part_sync); once a slot has all its parts, sync_slot_gate counts the
+ * replicas past every part's position, and while they are too few the slot waits on its
+ * connection's worker (w->sync_slots), rechecked each pass as acknowledgements come, until the
+ * earliest deadline of its parts; then sync-fallback applies to the whole reply.
+ *
+ * WAIT numreplicas timeout runs on every shard (a part per shard, in order behind the
+ * connection's earlier commands there), which answers at once with its log's end; the slot
+ * then waits as above until numreplicas replicas hold every shard's end, or the timeout, and
+ * answers how many do: never more than Redis's WAIT would.
  */
 #include "net/repl.h"
 
@@ -34,7 +47,7 @@
 #include "net/dispatch.h"
 #include "net/server.h"
 
-enum held_kind { HELD_REPLY, HELD_CMD, HELD_WAIT };
+enum held_kind { HELD_REPLY, HELD_CMD };
 
 /* Released entries are kept on the worker for the next write (every write in these modes
  * holds one), with their buffers: at most HELD_SPARE_MAX of them, none whose buffer grew past
@@ -47,9 +60,8 @@ struct held {
     uint8_t kind;
     uint8_t proto, crlf;
     struct sync_target t;
-    uint64_t pos;     /* HELD_REPLY, HELD_WAIT: log position to be acknowledged */
+    uint64_t pos;     /* HELD_REPLY: log position to be acknowledged */
     int64_t deadline; /* ms; INT64_MAX = none */
-    long long need;   /* HELD_WAIT: replicas wanted */
     long long ival;
     long nelem;
     ks_cmd_fn *fn; /* HELD_CMD */
@@ -61,7 +73,6 @@ struct held {
 
 struct shard_sync {
     struct held *head, *tail; /* replies and commands, in execution order */
-    struct held *waits;       /* WAIT parts, released independently */
     int cmds;                 /* HELD_CMD entries in the queue */
     int64_t last_write_deadline;
 };
@@ -129,10 +140,19 @@ static uint64_t log_tail(uint32_t s)
 }
 
 void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, size_t n,
-                  long long ival, long nelem)
+                  long long ival, long nelem, const struct part_sync *ps)
 {
     if (t->remote) {
-        struct xm_rep *rp = worker_post(w, t->from, sizeof(*rp) + n, XM_REPLY);
+        struct xm_rep *rp;
+        if (ps) {
+            /* XM_REPLY_SYNC: the part_sync, then the XM_REPLY record */
+            struct part_sync *q = worker_post(w, t->from, sizeof(*q) + sizeof(*rp) + n,
+                                              XM_REPLY_SYNC);
+            *q = *ps;
+            rp = (struct xm_rep *)(q + 1);
+        } else {
+            rp = worker_post(w, t->from, sizeof(*rp) + n, XM_REPLY);
+        }
         rp->conn = t->conn;
         rp->slot = t->slot;
         rp->ival = ival;
@@ -144,7 +164,7 @@ void sync_deliver(struct worker *w, const struct sync_target *t, const char *p, 
     } else {
         struct conn *c = t->conn;
         c->refs--;
-        conn_part_deliver(c, t->slot, t->part, p, n, ival, nelem);
+        conn_part_deliver(c, t->slot, t->part, p, n, ival, nelem, ps);
         conn_release(c);
     }
 }
@@ -161,7 +181,6 @@ static struct held *held_new(struct worker *w, struct shard_sync *ss, int kind,
             __builtin_prefetch(w->held_spare, 1);
         h->next = NULL;
         h->pos = 0;
-        h->need = 0;
         h->ival = 0;
         h->nelem = 0;
         h->b.len = 0;
@@ -172,16 +191,11 @@ static struct held *held_new(struct worker *w, struct shard_sync *ss, int kind,
     h->t = *t;
     h->proto = (uint8_t)proto;
     h->crlf = (uint8_t)crlf;
-    if (kind == HELD_WAIT) {
-        h->next = ss->waits;
-        ss->waits = h;
-    } else {
-        if (ss->tail)
-            ss->tail->next = h;
-        else
-            ss->head = h;
-        ss->tail = h;
-    }
+    if (ss->tail)
+        ss->tail->next = h;
+    else
+        ss->head = h;
+    ss->tail = h;
     return h;
 }
 
@@ -225,7 +239,7 @@ static void run_now(struct worker *w, struct shard_sync *ss, uint32_t s, uint64_
     w->sync_wrote = false;
     dispatch_ks_run(w, s, hash, fn, argc, argv, &r);
     if (!w->sync_wrote) {
-        sync_deliver(w, t, w->scratch.p, w->scratch.len, r.ival, r.nelem);
+        sync_deliver(w, t, w->scratch.p, w->scratch.len, r.ival, r.nelem, NULL);
         return;
     }
     struct held *h = into;
@@ -274,45 +288,43 @@ void sync_exec(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int a
     run_now(w, ss, s, hash, fn, argc, argv, proto, crlf, t, NULL);
 }
 
-void sync_wait_part(struct worker *w, uint32_t s, long long need, long long timeout_ms,
-                    const struct sync_target *t)
+void sync_wait_part(struct worker *w, uint32_t s, const struct sync_target *t)
 {
-    struct shard_sync *ss = ss_of(w, s);
-    uint64_t pos = repl_logging() ? ring_tail(&repl.log, s) : 0;
-    long long have = acked(s, pos);
-    if (have >= need) {
-        struct reply r;
-        w->scratch.len = 0;
-        reply_init(&r, &w->scratch, PROTO_RESP, 0);
-        reply_int(&r, have);
-        sync_deliver(w, t, w->scratch.p, w->scratch.len, have, 0);
-        return;
-    }
-    struct held *h = held_new(w, ss, HELD_WAIT, t, PROTO_RESP, 0);
-    h->pos = pos;
-    h->need = need;
-    h->deadline = timeout_ms > 0 ? w->now_ms + timeout_ms : INT64_MAX;
-    w->sync_held++;
+    struct part_sync ps = {.state = PART_SYNC_ACKED,
+                           .shard = s,
+                           .pos = repl_logging() ? ring_tail(&repl.log, s) : 0,
+                           .deadline = INT64_MAX};
+    sync_deliver(w, t, NULL, 0, 0, 0, &ps);
 }
 
-static void release_reply(struct worker *w, struct held *h, bool timed_out)
+void sync_norepl(struct reply *r)
 {
+    reply_errorf(r,
+                 "NOREPL the write was applied on the master but not confirmed by %lld "
+                 "replica(s) within sync-timeout",
+                 cfg_sync_replicas());
+}
+
+static void release_reply(struct worker *w, struct held *h, uint32_t s, bool timed_out)
+{
+    struct part_sync ps = {.state = timed_out ? PART_SYNC_FELL_BACK : PART_SYNC_ACKED,
+                           .shard = s,
+                           .pos = h->pos,
+                           .deadline = h->deadline};
     if (timed_out) {
         __atomic_add_fetch(&repl.sync_timeouts, 1, __ATOMIC_RELAXED);
         if (cfg_sync_fallback() == FALLBACK_ERROR) {
             struct buf b = {0};
             struct reply r;
             reply_init(&r, &b, h->proto, h->crlf);
-            reply_errorf(&r,
-                         "NOREPL the write was applied on the master but not confirmed by "
-                         "%lld replica(s) within sync-timeout",
-                         cfg_sync_replicas());
-            sync_deliver(w, &h->t, b.p, b.len, 0, 0);
+            sync_norepl(&r);
+            ps.refused = true;
+            sync_deliver(w, &h->t, b.p, b.len, 0, 0, &ps);
             buf_free(&b);
             return;
         }
     }
-    sync_deliver(w, &h->t, h->b.p, h->b.len, h->ival, h->nelem);
+    sync_deliver(w, &h->t, h->b.p, h->b.len, h->ival, h->nelem, &ps);
 }
 
 /* Release what can be released on shard s. */
@@ -332,7 +344,7 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
             ss->head = h->next;
             if (!ss->head)
                 ss->tail = NULL;
-            release_reply(w, h, !ok);
+            release_reply(w, h, s, !ok);
             held_free(w, h);
             w->sync_held--;
         } else {
@@ -357,21 +369,98 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
             }
         }
     }
-    struct held **pp = &ss->waits;
-    while ((h = *pp)) {
-        long long have = ack_count(&v, h->pos);
-        if (have < h->need && now < h->deadline) {
-            pp = &h->next;
+}
+
+/* ---- replies whose parts must all be held by the same replicas ---------------------------- */
+
+/* How many attached replicas are past every acknowledged part's position in sl. */
+static long long slot_holders(const struct slot *sl)
+{
+    if (!repl.ctl.hdr)
+        return 0;
+    bool semi = cfg_sync_mode() == SYNC_SEMI && sl->comb != COMB_WAIT; /* WAIT: applied */
+    long long n = 0;
+    for (int k = 0; k < CTL_MAX_REPLICAS; k++) {
+        if (!__atomic_load_n(&repl.peers[k].active, __ATOMIC_ACQUIRE))
+            continue;
+        bool all = true;
+        for (int i = 0; i < sl->nparts && all; i++) {
+            const struct part_sync *ps = &sl->parts[i].ps;
+            if (ps->state != PART_SYNC_ACKED)
+                continue;
+            uint64_t p = __atomic_load_n(&ctl_applied(&repl.ctl, k)[ps->shard], __ATOMIC_ACQUIRE);
+            if (semi && p < ps->pos)
+                p = __atomic_load_n(&ctl_received(&repl.ctl, k)[ps->shard], __ATOMIC_ACQUIRE);
+            all = p >= ps->pos;
+        }
+        n += all;
+    }
+    return n;
+}
+
+/* Is sl's wait over at now (ms)?  Sets what its reply then says (wait_count, sync_failed). */
+static bool slot_decided(struct slot *sl, int64_t now)
+{
+    if (sl->comb == COMB_WAIT) {
+        sl->wait_count = slot_holders(sl);
+        return sl->wait_count >= sl->wait_need || now >= sl->wait_deadline;
+    }
+    if (!sync_active() || slot_holders(sl) >= cfg_sync_replicas())
+        return true;
+    if (now < sl->wait_deadline)
+        return false;
+    sl->sync_failed = true;
+    __atomic_add_fetch(&repl.sync_timeouts, 1, __ATOMIC_RELAXED);
+    return true;
+}
+
+bool sync_slot_gate(struct conn *c, struct slot *sl)
+{
+    int acked_parts = 0;
+    int64_t deadline = INT64_MAX;
+    if (sl->comb != COMB_WAIT) {
+        if (sl->nparts < 2)
+            return false;
+        for (int i = 0; i < sl->nparts; i++) {
+            const struct part_sync *ps = &sl->parts[i].ps;
+            if (ps->state == PART_SYNC_FELL_BACK)
+                return false; /* the fallback was taken, and counted, for this reply */
+            if (ps->state == PART_SYNC_ACKED) {
+                acked_parts++;
+                if (ps->deadline < deadline)
+                    deadline = ps->deadline;
+            }
+        }
+        if (acked_parts < 2)
+            return false;
+        sl->wait_deadline = deadline;
+    }
+    struct worker *w = c->w;
+    if (slot_decided(sl, w->now_ms))
+        return false;
+    c->refs++;
+    sl->sync_conn = c;
+    sl->sync_next = w->sync_slots;
+    w->sync_slots = sl;
+    w->sync_held++;
+    return true;
+}
+
+static void progress_slots(struct worker *w)
+{
+    struct slot **pp = &w->sync_slots, *sl;
+    while ((sl = *pp)) {
+        if (!slot_decided(sl, w->now_ms)) {
+            pp = &sl->sync_next;
             continue;
         }
-        *pp = h->next;
-        struct reply r;
-        w->scratch.len = 0;
-        reply_init(&r, &w->scratch, PROTO_RESP, 0);
-        reply_int(&r, have);
-        sync_deliver(w, &h->t, w->scratch.p, w->scratch.len, have, 0);
-        held_free(w, h);
+        *pp = sl->sync_next;
+        sl->sync_next = NULL;
         w->sync_held--;
+        struct conn *c = sl->sync_conn;
+        c->refs--;
+        conn_slot_finish(c, sl);
+        conn_release(c);
     }
 }
 
@@ -381,9 +470,10 @@ void sync_progress(struct worker *w)
         return;
     for (uint32_t s = (uint32_t)w->id; s < srv.nshards; s += (uint32_t)srv.nworkers) {
         struct shard_sync *ss = ss_of(w, s);
-        if (ss->head || ss->waits)
+        if (ss->head)
             progress_shard(w, s, ss);
     }
+    progress_slots(w);
 }
 
 bool sync_busy(struct worker *w)
@@ -402,9 +492,9 @@ bool sync_busy(struct worker *w)
          * acknowledgement that came after this pass's look would otherwise wake nobody). */
         if (ss->head && ss->head->kind == HELD_CMD && acked(s, log_tail(s)) >= need)
             return true;
-        for (struct held *h = ss->waits; h; h = h->next)
-            if (acked(s, h->pos) >= h->need)
-                return true;
     }
+    for (struct slot *sl = w->sync_slots; sl; sl = sl->sync_next)
+        if (slot_decided(sl, w->now_ms))
+            return true;
     return false;
 }

@@ -66,7 +66,7 @@
 #include "net/config.h"
 #include "net/server.h"
 
-#define WIRE_MAGIC 0x52455031u /* "REP1" */
+#define WIRE_MAGIC 0x52455032u /* "REP2": log frames with checks (shm/ring.h) */
 #define BATCH_BYTES (1u << 20)
 #define MAX_IOV 512
 #define ZC_MIN 65536
@@ -180,7 +180,7 @@ static void kick(void)
 
 static uint64_t ring_size(void)
 {
-    return repl.log.hdr->size;
+    return repl.log.size;
 }
 
 /* ---- hand-over from the main thread ------------------------------------------------------- */

@@ -52,6 +52,18 @@ struct worker_stats {
                      __ATOMIC_RELAXED)
 #define STAT_GET(w, f) __atomic_load_n(&(w)->stats.f, __ATOMIC_RELAXED)
 
+/* What replicas must hold for a part of a reply to count as acknowledged (net/repl_sync.c):
+ * its shard's log up to pos.  A command whose parts wrote on several shards, and WAIT, need
+ * the same replicas to hold every part. */
+enum { PART_SYNC_NONE, PART_SYNC_ACKED, PART_SYNC_FELL_BACK };
+struct part_sync {
+    uint8_t state;    /* PART_SYNC_*: nothing to hold; held and acknowledged; timed out */
+    bool refused;     /* PART_SYNC_FELL_BACK under sync-fallback error: the part is the error */
+    uint32_t shard;   /* PART_SYNC_ACKED: the shard and log position */
+    uint64_t pos;
+    int64_t deadline; /* ms: when the part's hold would have timed out (INT64_MAX: never) */
+};
+
 /* One part of a reply that other workers produce (a whole reply, or the share of one key or
  * one shard of a multi-key command). */
 struct part {
@@ -59,6 +71,7 @@ struct part {
     long long ival;
     long nelem;
     bool done;
+    struct part_sync ps; /* semi/sync writes and WAIT: what the part's shard logged */
 };
 
 enum combine {
@@ -70,7 +83,7 @@ enum combine {
     COMB_FIRST,  /* first part that is not nil, else nil: RANDOMKEY */
     COMB_MSETNX, /* phase 1 sums EXISTS, phase 2 sets: MSETNX */
     COMB_TEXT,   /* parts' text concatenated into one bulk: CLIENT LIST */
-    COMB_MIN,    /* integer: smallest ival: WAIT */
+    COMB_WAIT,   /* integer: replicas holding every part's position: WAIT */
 };
 
 /* A reply not yet sent, in request order.  Slots exist only while some earlier reply of the
@@ -89,6 +102,13 @@ struct slot {
     int argc;          /* COMB_MSETNX: a private copy of the arguments for phase 2 */
     struct arg *argv;
     char *argmem;
+    /* Waiting for replicas that hold every part (net/repl_sync.c, sync_slot_gate) */
+    long long wait_need;     /* COMB_WAIT: replicas asked for; its answer goes in wait_count */
+    long long wait_count;
+    int64_t wait_deadline;   /* ms, INT64_MAX: none */
+    bool sync_failed;        /* not confirmed in time: sync-fallback applies to the reply */
+    struct slot *sync_next;  /* on the worker's list of such slots */
+    struct conn *sync_conn;
     struct part parts[];
 };
 
@@ -187,7 +207,8 @@ struct worker {
     void *ssync;                  /* per own shard: held replies and commands (net/repl_sync.c) */
     void *held_spare;             /* released held entries kept for reuse (net/repl_sync.c) */
     int held_nspare;
-    int64_t sync_held;            /* entries held in all our shards' queues */
+    int64_t sync_held;            /* entries held in all our shards' queues, and sync_slots */
+    struct slot *sync_slots;      /* slots waiting for replicas holding all their parts */
     bool sync_wrote;              /* the command running now changed its shard */
     int64_t last_tick_ms;
     uint64_t lag_hist[REPL_LAG_BUCKETS]; /* replica: apply lag samples (relaxed counters) */
@@ -218,7 +239,7 @@ static inline struct worker *shard_owner(uint32_t s)
 }
 
 /* Record types in the xrings between workers. */
-enum { XM_REQUEST = 1, XM_REPLY = 2, XM_CLIENT_LIST = 3, XM_WAIT = 4 };
+enum { XM_REQUEST = 1, XM_REPLY = 2, XM_CLIENT_LIST = 3, XM_WAIT = 4, XM_REPLY_SYNC = 5 };
 
 /* worker.c */
 int workers_start(void); /* 0 or -errno, after logging why */
@@ -246,7 +267,9 @@ void conn_part_done(struct conn *c, struct slot *s, int i);
 /* Part i of slot s arrived from another worker: store it (or, for a single-part reply at the
  * head of the queue, append it straight to the output) and complete the slot if it was last. */
 void conn_part_deliver(struct conn *c, struct slot *s, int i, const char *p, size_t n,
-                       long long ival, long nelem);
+                       long long ival, long nelem, const struct part_sync *ps);
+/* Slot s has every part: combine them (unless a next phase starts) and flush in order. */
+void conn_slot_finish(struct conn *c, struct slot *s);
 void conn_mark_dirty(struct conn *c);
 void conn_close(struct conn *c);
 void conn_release(struct conn *c);    /* frees c if it is closing and refs == 0 */
@@ -263,6 +286,8 @@ void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t
  * later, its entry (stage 1) (shard_prefetch). */
 void dispatch_prefetch_request(const void *msg, int stage);
 void dispatch_remote_reply(struct worker *w, const void *msg, size_t len);
+/* XM_REPLY_SYNC: a struct part_sync, then an XM_REPLY record. */
+void dispatch_remote_reply_sync(struct worker *w, const void *msg, size_t len);
 /* Any other record type (requests, CLIENT LIST). */
 void dispatch_remote_other(struct worker *w, int from, uint32_t type, const void *msg, size_t len);
 void dispatch_init(void);

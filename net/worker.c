@@ -369,6 +369,8 @@ static void handle_record(struct worker *w, int from, uint32_t type, const void 
         rk_free(ind->data);
     } else if (type == XM_REPLY) {
         dispatch_remote_reply(w, p, len);
+    } else if (type == XM_REPLY_SYNC) {
+        dispatch_remote_reply_sync(w, p, len);
     } else {
         dispatch_remote_other(w, from, type, p, len);
     }

@@ -41,6 +41,9 @@ int ctl_create(struct ctl_map *c, uint32_t nshards, uint32_t master_workers)
     c->hdr->slot_off = 4096;
     c->hdr->slot_size = slot_size(nshards);
     c->hdr->map_len = len;
+    c->nshards = nshards;
+    c->slot_off = 4096;
+    c->slot_size = slot_size(nshards);
     return 0;
 }
 
@@ -69,6 +72,9 @@ int ctl_attach(struct ctl_map *c, int fd)
         return -EBADMSG;
     }
     c->hdr = p;
+    c->nshards = h.nshards;
+    c->slot_off = (size_t)h.slot_off;
+    c->slot_size = (size_t)h.slot_size;
     c->map_len = (size_t)st.st_size;
     c->fd = fd;
     return 0;

@@ -66,6 +66,10 @@ struct ctl_slot {
 
 struct ctl_map {
     struct ctl_hdr *hdr;
+    /* The header's layout, as written or checked: never read from the mapping again (every
+     * replica may write it). */
+    uint32_t nshards;
+    size_t slot_off, slot_size;
     size_t map_len;
     int fd;
 };
@@ -77,7 +81,7 @@ void ctl_close(struct ctl_map *c);
 
 static inline struct ctl_slot *ctl_slot(const struct ctl_map *c, int k)
 {
-    return (struct ctl_slot *)((char *)c->hdr + c->hdr->slot_off + (size_t)k * c->hdr->slot_size);
+    return (struct ctl_slot *)((char *)c->hdr + c->slot_off + (size_t)k * c->slot_size);
 }
 static inline uint64_t *ctl_sync_start(const struct ctl_map *c, int k)
 {
@@ -85,15 +89,15 @@ static inline uint64_t *ctl_sync_start(const struct ctl_map *c, int k)
 }
 static inline uint64_t *ctl_start_set(const struct ctl_map *c, int k)
 {
-    return ctl_sync_start(c, k) + c->hdr->nshards;
+    return ctl_sync_start(c, k) + c->nshards;
 }
 static inline uint64_t *ctl_walk_end(const struct ctl_map *c, int k)
 {
-    return ctl_sync_start(c, k) + 2 * (size_t)c->hdr->nshards;
+    return ctl_sync_start(c, k) + 2 * (size_t)c->nshards;
 }
 static inline uint64_t *ctl_applied(const struct ctl_map *c, int k)
 {
-    return ctl_sync_start(c, k) + 3 * (size_t)c->hdr->nshards;
+    return ctl_sync_start(c, k) + 3 * (size_t)c->nshards;
 }
 
 /* Zero n words that other threads or processes may be reading (atomically) meanwhile. */
@@ -105,7 +109,7 @@ static inline void ctl_zero(uint64_t *a, size_t n)
 
 static inline uint64_t *ctl_received(const struct ctl_map *c, int k)
 {
-    return ctl_sync_start(c, k) + 4 * (size_t)c->hdr->nshards;
+    return ctl_sync_start(c, k) + 4 * (size_t)c->nshards;
 }
 
 #endif

@@ -19,6 +19,9 @@
 
 #include "core/util.h"
 
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
 #define PAGE 4096u
 
 static inline size_t align8(size_t n)
@@ -61,11 +64,15 @@ int shm_create(const char *name, size_t len, void **base)
     return fd;
 }
 
-static void set_map(struct ring_map *m, void *base, size_t len, int fd, bool owner)
+/* base's header has been written (create) or checked (attach): h is a copy of it. */
+static void set_map(struct ring_map *m, void *base, const struct ring_hdr *h, size_t len, int fd,
+                    bool owner)
 {
     m->hdr = base;
     m->shards = (struct ring_shard *)((char *)base + PAGE);
-    m->data = (char *)base + m->hdr->data_off;
+    m->data = (char *)base + h->data_off;
+    m->size = h->size;
+    m->nshards = h->nshards;
     m->map_len = len;
     m->fd = fd;
     m->owner = owner;
@@ -89,7 +96,7 @@ int ring_map_create(struct ring_map *m, uint32_t nshards, size_t size, const cha
     h->data_off = data_off;
     h->map_len = len;
     snprintf(h->replid, sizeof(h->replid), "%s", replid ? replid : "");
-    set_map(m, base, len, fd, true);
+    set_map(m, base, h, len, fd, true);
     return 0;
 }
 
@@ -123,7 +130,7 @@ int ring_map_attach(struct ring_map *m, int fd)
         close(fd);
         return -EBADMSG;
     }
-    set_map(m, base, (size_t)st.st_size, fd, false);
+    set_map(m, base, &h, (size_t)st.st_size, fd, false);
     return 0;
 }
 
@@ -139,10 +146,31 @@ void ring_map_close(struct ring_map *m)
 
 size_t ring_max_payload(const struct ring_map *m)
 {
-    return (size_t)m->hdr->size / 4 - sizeof(struct ring_frame);
+    return (size_t)m->size / 4 - sizeof(struct ring_frame);
 }
 
 /* Append one frame whose payload is the concatenation of up to three pieces. */
+uint32_t ring_frame_check(const struct ring_frame *f, const void *payload)
+{
+    uint64_t seed = f->pos ^ ((uint64_t)f->len << 32) ^ ((uint64_t)f->type << 24);
+    size_t n = f->type == RING_PAD ? 0 : f->len;
+    return (uint32_t)XXH3_64bits_withSeed(payload, n, seed) & 0xffffffu;
+}
+
+void ring_frame_seal(struct ring_frame *f, const void *payload)
+{
+    uint32_t c = ring_frame_check(f, payload);
+    f->check[0] = (uint8_t)c;
+    f->check[1] = (uint8_t)(c >> 8);
+    f->check[2] = (uint8_t)(c >> 16);
+}
+
+bool ring_frame_checks(const struct ring_frame *f, const void *payload)
+{
+    uint32_t have = (uint32_t)f->check[0] | (uint32_t)f->check[1] << 8 | (uint32_t)f->check[2] << 16;
+    return have == ring_frame_check(f, payload);
+}
+
 static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void *p1, size_t n1,
                        const void *p2, size_t n2, const void *p3, size_t n3)
 {
@@ -150,7 +178,7 @@ static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void 
     if (plen > ring_max_payload(m))
         return 0;
     struct ring_shard *sh = &m->shards[s];
-    uint64_t size = m->hdr->size;
+    uint64_t size = m->size;
     char *data = ring_data(m, s);
     uint64_t t = sh->tail; /* only this thread writes tail */
     size_t need = align8(sizeof(struct ring_frame) + plen);
@@ -166,19 +194,20 @@ static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void 
     if (start != t) {
         struct ring_frame pad = {
             .pos = t, .len = (uint32_t)(to_end - sizeof(pad)), .type = RING_PAD};
+        ring_frame_seal(&pad, NULL);
         memcpy(data + off, &pad, sizeof(pad));
         off = 0;
     }
     struct ring_frame f = {.pos = start, .len = (uint32_t)plen, .type = type};
-    char *p = data + off;
-    memcpy(p, &f, sizeof(f));
-    p += sizeof(f);
+    char *p = data + off + sizeof(f);
     if (n1)
         memcpy(p, p1, n1);
     if (n2)
         memcpy(p + n1, p2, n2);
     if (n3)
         memcpy(p + n1 + n2, p3, n3);
+    ring_frame_seal(&f, p); /* over the bytes just written, still in this CPU's cache */
+    memcpy(data + off, &f, sizeof(f));
     /* Release: the frame's bytes are visible before the tail that covers them. */
     __atomic_store_n(&sh->tail_ns, ring_clock_ns, __ATOMIC_RELAXED);
     __atomic_store_n(&sh->tail, end, __ATOMIC_RELEASE);
@@ -210,13 +239,13 @@ static bool lapped(const struct ring_map *m, uint32_t s, uint64_t pos)
 {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     uint64_t r = __atomic_load_n(&m->shards[s].reserve, __ATOMIC_RELAXED);
-    return r - pos > m->hdr->size;
+    return r - pos > m->size;
 }
 
 int ring_read(const struct ring_map *m, uint32_t s, uint64_t pos, char **buf, size_t *cap,
               struct ring_rec *rec)
 {
-    uint64_t size = m->hdr->size;
+    uint64_t size = m->size;
     const char *data = ring_data(m, s);
     for (;;) {
         uint64_t tail = ring_tail(m, s);
@@ -235,7 +264,7 @@ int ring_read(const struct ring_map *m, uint32_t s, uint64_t pos, char **buf, si
         if (f.pos != pos || f.len > room - sizeof(f))
             return lapped(m, s, pos) ? RING_LAPPED : RING_CORRUPT;
         if (f.type == RING_PAD) {
-            if (f.len != room - sizeof(f))
+            if (f.len != room - sizeof(f) || !ring_frame_checks(&f, NULL))
                 return lapped(m, s, pos) ? RING_LAPPED : RING_CORRUPT;
             if (lapped(m, s, pos))
                 return RING_LAPPED;
@@ -252,6 +281,8 @@ int ring_read(const struct ring_map *m, uint32_t s, uint64_t pos, char **buf, si
         memcpy(*buf, data + off + sizeof(f), f.len);
         if (lapped(m, s, pos))
             return RING_LAPPED;
+        if (!ring_frame_checks(&f, *buf))
+            return RING_CORRUPT; /* the copy is what the writer wrote, and it is wrong */
         /* The copy is good: now its contents may be looked at, still checking every length. */
         memset(rec, 0, sizeof(*rec));
         rec->type = f.type;
@@ -292,14 +323,14 @@ void ring_reset(struct ring_map *m, uint32_t s, uint64_t pos)
     struct ring_shard *sh = &m->shards[s];
     /* Every byte before pos is void: a reserve a whole ring past pos makes any reader of an
      * older position see itself lapped, while a reader at pos or later reads normally. */
-    __atomic_store_n(&sh->reserve, pos + m->hdr->size, __ATOMIC_RELAXED);
+    __atomic_store_n(&sh->reserve, pos + m->size, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     __atomic_store_n(&sh->tail, pos, __ATOMIC_RELEASE);
 }
 
 int ring_write_raw(struct ring_map *m, uint32_t s, uint64_t pos, const void *p, size_t n)
 {
-    uint64_t size = m->hdr->size;
+    uint64_t size = m->size;
     size_t off = (size_t)(pos & (size - 1));
     if (n > size - off)
         return -1; /* frames never wrap, so neither does a run of them */
@@ -334,7 +365,7 @@ static bool payload_ok(const struct ring_frame *f, const char *payload)
 
 bool ring_check_frames(const struct ring_map *m, uint32_t s, uint64_t from, uint64_t to)
 {
-    uint64_t size = m->hdr->size;
+    uint64_t size = m->size;
     const char *data = ring_data(m, s);
     if (to < from || to - from > size || (from & (RING_ALIGN - 1)) || (to & (RING_ALIGN - 1)))
         return false;
@@ -347,12 +378,13 @@ bool ring_check_frames(const struct ring_map *m, uint32_t s, uint64_t from, uint
         if (f.pos != pos || f.len > room - sizeof(f))
             return false;
         if (f.type == RING_PAD) {
-            if (f.len != room - sizeof(f))
+            if (f.len != room - sizeof(f) || !ring_frame_checks(&f, NULL))
                 return false;
             pos += room;
             continue;
         }
-        if (f.len > ring_max_payload(m) || !payload_ok(&f, data + off + sizeof(f)))
+        if (f.len > ring_max_payload(m) || !payload_ok(&f, data + off + sizeof(f)) ||
+            !ring_frame_checks(&f, data + off + sizeof(f)))
             return false;
         pos += align8(sizeof(f) + f.len);
     }
@@ -367,7 +399,7 @@ void ring_publish(struct ring_map *m, uint32_t s, uint64_t tail)
 
 bool ring_has(const struct ring_map *m, uint32_t s, uint64_t pos)
 {
-    uint64_t size = m->hdr->size, tail = ring_tail(m, s);
+    uint64_t size = m->size, tail = ring_tail(m, s);
     if (pos > tail || (pos & (RING_ALIGN - 1)))
         return false;
     if (pos == tail)

@@ -25,6 +25,13 @@
  * Nothing a reader copies out is trusted before that check, and every length is checked
  * against the ring before it is used.
  *
+ * CHECKS.  Every frame carries a 24-bit check (ring_frame_check: XXH3 of its payload, seeded
+ * with its position, length and type).  The checks on lengths and positions catch most
+ * garbage, but not all: a DEL frame's length one byte shorter still fits its padding and would
+ * delete another key.  A reader that finds a frame whose check does not match treats it like
+ * any corrupt frame (RING_CORRUPT: resynchronise); a TCP replica checks every frame of a
+ * committed range before it publishes it (ring_check_frames).
+ *
  * RECORDS are idempotent: SET (key, value, absolute deadline in ms or -1), DEL (key), FLUSH.
  * Replaying any suffix of a shard's log over the state that shard had at the suffix's start
  * gives exactly the writer's state.
@@ -36,7 +43,7 @@
 #include <stdint.h>
 #include <stdbool.h>
 
-#define RING_MAGIC 0x524b564c4f473031ull /* "RKVLOG01" */
+#define RING_MAGIC 0x524b564c4f473032ull /* "RKVLOG02": frames with checks */
 #define RING_ALIGN 16u /* = sizeof(struct ring_frame): a PAD header always fits before the end */
 
 enum ring_rec_type {
@@ -50,7 +57,7 @@ struct ring_frame {
     uint64_t pos; /* the frame's own position: a reader checks it (garbage and laps) */
     uint32_t len; /* payload bytes */
     uint8_t type; /* enum ring_rec_type */
-    uint8_t pad[3];
+    uint8_t check[3]; /* the low 24 bits of ring_frame_check, little endian */
 };
 
 /* SET payload: this header, then the key, then the value. */
@@ -88,6 +95,10 @@ struct ring_map {
     struct ring_hdr *hdr;
     struct ring_shard *shards; /* nshards entries */
     char *data;                /* shard s's data at data + s * size */
+    /* The header's size and nshards, as checked when the log was created or attached: a
+     * reader never takes them from the mapping again (another process writes it). */
+    uint64_t size;
+    uint32_t nshards;
     size_t map_len;
     int fd;     /* the memfd */
     bool owner; /* created here (munmap + close on ring_map_close) */
@@ -107,7 +118,7 @@ void ring_map_close(struct ring_map *m);
 
 static inline char *ring_data(const struct ring_map *m, uint32_t s)
 {
-    return m->data + (size_t)s * m->hdr->size;
+    return m->data + (size_t)s * m->size;
 }
 
 /* Writer: append one record to shard s's log and publish it.  Returns the position after it
@@ -117,6 +128,14 @@ uint64_t ring_append_set(struct ring_map *m, uint32_t s, const char *key, size_t
                          const char *val, size_t vlen, int64_t expire_ms);
 uint64_t ring_append_del(struct ring_map *m, uint32_t s, const char *key, size_t klen);
 uint64_t ring_append_flush(struct ring_map *m, uint32_t s);
+/* A frame's check: of its payload (len bytes at payload; none for a PAD frame, whose payload
+ * is never written) and its header's pos, len and type.  24 bits are kept. */
+uint32_t ring_frame_check(const struct ring_frame *f, const void *payload);
+/* Set f's check for payload (the writer; tests that build frames by hand). */
+void ring_frame_seal(struct ring_frame *f, const void *payload);
+/* Does f's check match payload? */
+bool ring_frame_checks(const struct ring_frame *f, const void *payload);
+
 /* The largest payload one record may have. */
 size_t ring_max_payload(const struct ring_map *m);
 

@@ -6,7 +6,7 @@ partial resync of the other replicas (behind: partial; ahead: full), REPLICAOF a
 a master restart, a lapped replica, a replica behind a slow lossy link in a network namespace
 (netem delay and loss; where the kernel has no netem, a token bucket with a short queue, which
 delays and drops), garbage and truncated frames on the replication socket in both directions,
-and FAILOVER (skipped while the server answers "unknown command").
+FAILOVER, and writes on several shards and WAIT with two replicas that each hold one shard.
 
 Every replica is started with --repl-transport tcp (auto would pick shared memory on the same
 host).  Every server runs on 127.0.0.1 and a free port, or in a network namespace this file
@@ -15,11 +15,16 @@ status and sanitizer output are checked.  The TCP proxy, the fake master and the
 are Python threads bounded in time; every wait polls with a deadline.
 
 The wire format (net/repl.h): each message is a 24-byte header, little endian
-{u32 magic "REP1", u8 type, 3 pad, u64 pos, u32 shard, u32 len}; the log frames that DATA
-carries are {u64 pos, u32 len, u8 type, 3 pad} + payload, padded to 16 bytes (shm/ring.h).
+{u32 magic "REP2", u8 type, 3 pad, u64 pos, u32 shard, u32 len}; the log frames that DATA
+carries are {u64 pos, u32 len, u8 type, u8 check[3]} + payload, padded to 16 bytes, where
+check is the low 24 bits of XXH3-64 of the payload (none for a PAD frame) seeded with
+pos ^ len << 32 ^ type << 24 (shm/ring.h); the tests compute it with the libxxhash the server
+links.
 """
 
 import collections
+import ctypes
+import ctypes.util
 import os
 import random
 import re
@@ -32,15 +37,15 @@ import time
 import unittest
 
 from harness import Conn, Error, Server, is_sanitized, parse, resp, server_path
-from test_replication import ReplicationCase, mixed_load, pipeline, wait_until
+from test_replication import ReplicationCase, mixed_load, parse_slave, pipeline, wait_until
 
 ASAN = is_sanitized()
 SLOW = 3 if ASAN else 1  # ASan builds are several times slower: scale the waits
 
-WIRE_MAGIC = 0x52455031  # "REP1"
+WIRE_MAGIC = 0x52455032  # "REP2"
 WIRE = struct.Struct("<IB3xQII")
 W_DATA, W_COMMIT, W_RESET, W_WALKEND, W_PING, W_ACK = 1, 2, 3, 4, 5, 16
-FRAME = struct.Struct("<QIB3x")  # struct ring_frame
+FRAME = struct.Struct("<QIB3s")  # struct ring_frame
 RING_SET_HDR = struct.Struct("<qII")  # struct ring_set: expire_ms, klen, vlen
 RING_SET = 1
 
@@ -49,10 +54,25 @@ def wire(typ, shard=0, pos=0, length=0):
     return WIRE.pack(WIRE_MAGIC, typ, pos, shard, length)
 
 
+_XXH = ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0")
+_XXH.XXH3_64bits_withSeed.restype = ctypes.c_uint64
+_XXH.XXH3_64bits_withSeed.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64)
+
+
+def frame_check(pos, length, typ, payload):
+    """ring_frame_check (shm/ring.c): 3 bytes, little endian."""
+    seed = (pos ^ (length << 32) ^ (typ << 24)) & (2 ** 64 - 1)
+    c = _XXH.XXH3_64bits_withSeed(payload, len(payload), seed) & 0xFFFFFF
+    return c.to_bytes(3, "little")
+
+
 def set_frame(pos, key, val, stamp=None):
-    """One SET record of the log at position pos (its pos stamp: `stamp`, default pos)."""
+    """One SET record of the log at position pos (its pos stamp: `stamp`, default pos), with
+    the check the stamp and payload give."""
     payload = RING_SET_HDR.pack(-1, len(key), len(val)) + key + val
-    raw = FRAME.pack(pos if stamp is None else stamp, len(payload), RING_SET) + payload
+    stamp = pos if stamp is None else stamp
+    raw = FRAME.pack(stamp, len(payload), RING_SET, frame_check(stamp, len(payload), RING_SET,
+                                                                payload)) + payload
     return raw + b"\0" * (-len(raw) % 16)
 
 
@@ -134,7 +154,8 @@ class Listener:
 class Proxy(Listener):
     """Forwards every connection made to 127.0.0.1:<port> to 127.0.0.1:<target>, both ways.
     cut() breaks every forwarded connection (both ends see it closed); while `blocked` new
-    connections are accepted and closed at once.  Threads: one accept loop and two pumps per
+    connections are accepted and closed at once; while `hold` nothing is forwarded (the bytes
+    wait in the sockets' buffers), though every connection stays open.  Threads: one accept loop and two pumps per
     connection, all ended by stop() (shutdown unblocks them) and joined with a timeout."""
 
     def __init__(self, target_port):
@@ -142,6 +163,7 @@ class Proxy(Listener):
         self.target = target_port
         self.pairs = []
         self.blocked = False
+        self.hold = False
         self.accepted = 0
         self.forwarded = 0
         self.start_listening()
@@ -177,6 +199,10 @@ class Proxy(Listener):
                 data = src.recv(65536)
                 if not data:
                     break
+                for _ in range(6000):  # at most 60 s
+                    if not self.hold or self.stopping.is_set():
+                        break
+                    time.sleep(0.01)
                 dst.sendall(data)
         except OSError:
             pass
@@ -1043,6 +1069,9 @@ class TcpNetworkNamespace(TcpCase):
               "sync_partial_ok %s, zero-copy sends %s" % (
                   impairment, d - d0, hx - hx0, rx - rx0, mi["sync_full"],
                   mi["sync_partial_ok"], mi["repl_zerocopy_sends"]), flush=True)
+        # The link was impaired: packets were dropped, or segments resent.
+        self.assertGreater((d - d0) + (hx - hx0) + (rx - rx0), 0,
+                           "the %s link dropped and resent nothing" % impairment)
         # Not loopback: large batches (the full sync's) go out by IORING_OP_SENDMSG_ZC.
         self.assertGreater(int(mi["repl_zerocopy_sends"]), 0)
 
@@ -1096,10 +1125,13 @@ class TcpGarbage(TcpCase):
                 then_wait(wire(W_RESET, 0, self.RING - 32) + wire(W_DATA, 0, self.RING - 32, 64)),
                 then_wait(reset0 + reset0),
             ],
-            [  # committed frames that fail their checks: a wrong pos stamp, bad SET lengths;
-               # then the control
+            [  # committed frames that fail their checks: a wrong pos stamp, bad SET lengths,
+               # one value byte changed (only the frame's check finds it); then the control
                 then_wait(reset0 + wire(W_DATA, 0, 0, len(good))
                           + set_frame(0, KEY, VAL, stamp=16) + wire(W_COMMIT, 0, len(good))),
+                then_wait(reset0 + wire(W_DATA, 0, 0, len(good))
+                          + good[:32 + len(KEY)] + bytes([good[32 + len(KEY)] ^ 1])
+                          + good[33 + len(KEY):] + wire(W_COMMIT, 0, len(good))),
                 then_wait(reset0 + wire(W_DATA, 0, 0, len(good))
                           + good[:16] + RING_SET_HDR.pack(-1, 200, 3) + good[32:]
                           + wire(W_COMMIT, 0, len(good))),
@@ -1248,14 +1280,186 @@ class TcpGarbage(TcpCase):
 # ---- FAILOVER ----------------------------------------------------------------------------------
 
 
+class FakeReplica:
+    """A replica speaking the TCP protocol on a thread: RINGKV.PSYNC for a full sync, then it
+    reads the stream and every 20 ms acknowledges, as received and applied, everything sent
+    on the shards in self.covered, and only where each shard began on the others.  So the
+    master sees a replica that holds some shards' writes and not the others'.  Bounded by
+    stop() (and a 60 s cap)."""
+
+    def __init__(self, port, nshards, covered, delay_s=0.0, listen_port=1):
+        self.covered = set(covered)
+        self.delay_s = delay_s  # acknowledge what it had received this long ago
+        self.nsh = nshards
+        self.base = [0] * nshards
+        self.sent = [0] * nshards
+        self.error = None
+        self.stopping = threading.Event()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.sock.sendall(resp("RINGKV.PSYNC", "?", nshards, 1 << 20, listen_port,
+                               *([0] * nshards)))
+        line = b""
+        while not line.endswith(b"\r\n") and len(line) < 200:
+            ch = self.sock.recv(1)
+            if not ch:
+                break
+            line += ch
+        if not line.startswith(b"+FULLRESYNC"):
+            raise AssertionError("PSYNC answered %r" % line)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        buf = b""
+        self.sock.settimeout(0.02)
+        t_end = time.monotonic() + 60
+        seen = collections.deque()  # (time, sent positions then), for delay_s
+        try:
+            while not self.stopping.is_set() and time.monotonic() < t_end:
+                try:
+                    d = self.sock.recv(1 << 20)
+                    if not d:
+                        return
+                    buf += d
+                except socket.timeout:
+                    pass
+                while len(buf) >= WIRE.size:
+                    _, typ, pos, sh, ln = WIRE.unpack_from(buf)
+                    body = ln if typ == W_DATA else 0
+                    if len(buf) < WIRE.size + body:
+                        break
+                    if typ == W_RESET:
+                        self.base[sh] = self.sent[sh] = pos
+                    elif typ == W_DATA:
+                        self.sent[sh] = pos + ln
+                    buf = buf[WIRE.size + body:]
+                now = time.monotonic()
+                seen.append((now, list(self.sent)))
+                sent = self.base
+                while seen and seen[0][0] <= now - self.delay_s:
+                    sent = seen.popleft()[1]
+                    if not seen or seen[0][0] > now - self.delay_s:
+                        seen.appendleft((now - self.delay_s, sent))
+                        break
+                acks = [sent[k] if k in self.covered else self.base[k]
+                        for k in range(self.nsh)]
+                body = b"".join(struct.pack("<QQ", a, a) for a in acks)
+                self.sock.sendall(wire(W_ACK, self.nsh, 0, 16 * self.nsh) + body)
+        except OSError as e:
+            if not self.stopping.is_set():
+                self.error = e
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+class SameReplicasForEveryPart(TcpCase):
+    """A write's parts on several shards, and WAIT, count only replicas that hold every part:
+    two replicas that each hold one shard's part are no replica that holds the write."""
+
+    NSH = 2
+
+    def setUp(self):
+        super().setUp()
+        self.m = self.start(shards=self.NSH, threads=1)
+        self.mc = self.connect(self.m)
+        # Two fake replicas: one acknowledges shard 0 only, the other shard 1 only.
+        self.fakes = [FakeReplica(self.m.port, self.NSH, {k}) for k in range(self.NSH)]
+        for f in self.fakes:
+            self.addCleanup(f.stop)
+        wait_until(lambda: info(self.mc).get("connected_slaves") == "2", 5 * SLOW,
+                   "both fake replicas attached")
+        # Writes on both shards (20 keys cover two shards), then each fake has caught up
+        # with its own shard.
+        pipeline(self.mc, [("SET", "w:%d" % i, "v") for i in range(20)], 20)
+        wait_until(lambda: all(f.sent[k] > f.base[k] for k, f in enumerate(self.fakes)),
+                   5 * SLOW, "each fake replica received its shard's writes")
+
+    def mset(self):
+        t0 = time.monotonic()
+        rep = self.mc.call("MSET", *[x for i in range(20) for x in ("m:%d" % i, "x")])
+        return rep, time.monotonic() - t0
+
+    def test_wait_counts_replicas_holding_every_shard(self):
+        t0 = time.monotonic()
+        self.assertEqual(self.mc.call("WAIT", "1", "300"), 0)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.25, "WAIT 1 300 did not wait")
+        self.assertEqual(self.mc.call("WAIT", "0", "0"), 0)
+        # Once one fake holds both shards, it counts, and WAIT answers as soon as it does.
+        self.fakes[0].covered = {0, 1}
+        t0 = time.monotonic()
+        self.assertEqual(self.mc.call("WAIT", "1", "0"), 1)
+        self.assertLess(time.monotonic() - t0, 5 * SLOW)
+        self.assertEqual(self.mc.call("WAIT", "2", "200"), 1)
+
+    def test_sync_write_on_two_shards_needs_one_replica_holding_both(self):
+        for mode in ("sync", "semi"):
+            self.mc.call("CONFIG", "SET", "sync-mode", mode)
+            self.mc.call("CONFIG", "SET", "sync-timeout", "400")
+            self.mc.call("CONFIG", "SET", "sync-fallback", "async")
+            before = int(info(self.mc)["sync_timeouts"])
+            rep, secs = self.mset()
+            self.assertEqual(rep, "OK")
+            self.assertGreaterEqual(secs, 0.35, "%s: MSET was not held until sync-timeout" % mode)
+            self.assertEqual(int(info(self.mc)["sync_timeouts"]), before + 1, mode)
+            self.mc.call("CONFIG", "SET", "sync-fallback", "error")
+            rep, secs = self.mset()
+            self.assertIsInstance(rep, Error)
+            self.assertTrue(rep.startswith("NOREPL"), rep)
+            self.assertEqual(int(info(self.mc)["sync_timeouts"]), before + 2, mode)
+            # A DEL of keys on both shards too: the error, not a count.
+            rep = self.mc.call("DEL", *["m:%d" % i for i in range(20)])
+            self.assertIsInstance(rep, Error)
+            self.assertTrue(rep.startswith("NOREPL"), rep)
+        # One replica holding both shards: confirmed at once, nothing timed out.
+        self.fakes[1].covered = {0, 1}
+        before = int(info(self.mc)["sync_timeouts"])
+        rep, secs = self.mset()
+        self.assertEqual(rep, "OK")
+        self.assertLess(secs, 0.35 * SLOW)
+        self.assertEqual(int(info(self.mc)["sync_timeouts"]), before)
+        for f in self.fakes:
+            self.assertIsNone(f.error)
+
+
+class LagOfAReplicaAlwaysBehind(TcpCase):
+    """INFO's lag_us is the age of the oldest write a replica has not applied: for a replica
+    that stays 300 ms behind a steady stream of writes, about 300 ms, however long the stream
+    lasts (not the time since it was last seen fully caught up, which grows with the stream)."""
+
+    def test_lag_us_of_a_replica_300_ms_behind(self):
+        m = self.start(shards=2, threads=1)
+        mc = self.connect(m)
+        fake = FakeReplica(m.port, 2, {0, 1}, delay_s=0.3)
+        self.addCleanup(fake.stop)
+        wait_until(lambda: info(mc).get("connected_slaves") == "1", 5 * SLOW, "attached")
+        lags = []
+        t_end = time.monotonic() + 2.5
+        for i in range(5000):  # bounded: 2.5 s of writes, one every 5 ms
+            if time.monotonic() > t_end:
+                break
+            self.assertEqual(mc.call("SET", "k:%d" % (i % 100), "v"), "OK")
+            if i % 40 == 39:
+                lags.append(int(parse_slave(info(mc)["slave0"])["lag_us"]))
+            time.sleep(0.005)
+        self.assertIsNone(fake.error)
+        late = sorted(lags[len(lags) // 2:])  # the second half of the stream
+        self.assertGreater(len(late), 3, lags)
+        median = late[len(late) // 2]
+        self.assertGreater(median, 150000, "lag_us samples: %s" % lags)
+        self.assertLess(median, 1000000, "lag_us samples: %s" % lags)
+
+
 class FailoverTests(TcpCase):
     """FAILOVER [TO host port] [TIMEOUT ms] [FORCE] and FAILOVER ABORT, as in Redis: skipped
     while the server answers "unknown command"."""
 
-    def require_failover(self, conn):
+    def failover_abort(self, conn):
+        """FAILOVER ABORT with nothing in progress: the error Redis gives."""
         rep = conn.call("FAILOVER", "ABORT")
-        if isinstance(rep, Error) and rep.startswith("ERR unknown command"):
-            self.skipTest("the server has no FAILOVER command yet (%s)" % rep)
+        self.assertEqual(rep, "ERR No failover in progress.")
         return rep
 
     def pair(self):
@@ -1272,7 +1476,7 @@ class FailoverTests(TcpCase):
     def test_errors(self):
         m = self.start()
         mc = self.connect(m)
-        rep = self.require_failover(mc)
+        rep = self.failover_abort(mc)
         self.assertEqual(rep, "ERR No failover in progress.")
         self.assertEqual(mc.call("FAILOVER"), "ERR FAILOVER requires connected replicas.")
         self.assertEqual(info(mc)["master_failover_state"], "no-failover")
@@ -1285,7 +1489,7 @@ class FailoverTests(TcpCase):
         # then doing nothing leaves the client believing a switchover is under way.
         m = self.start(shards=4)
         mc = self.connect(m)
-        self.require_failover(mc)
+        self.failover_abort(mc)
         s = socket.create_connection(("127.0.0.1", m.port), timeout=5)
         self.addCleanup(s.close)
         s.sendall(resp("RINGKV.PSYNC", "?", 4, 1 << 20, 1, 0, 0, 0, 0))
@@ -1312,7 +1516,7 @@ class FailoverTests(TcpCase):
 
     def test_switchover_under_light_load(self):
         m, r, mc, rc = self.pair()
-        self.require_failover(mc)
+        self.failover_abort(mc)
         pipeline(mc, [("SET", "pre:%d" % i, "p") for i in range(3000)], 1000)
         self.wait_caught_up(mc, [rc])
         old_id = info(mc)["master_replid"]
@@ -1398,7 +1602,7 @@ class FailoverTests(TcpCase):
 
     def test_failover_already_in_progress_and_abort(self):
         m, r, mc, rc = self.pair()
-        self.require_failover(mc)
+        self.failover_abort(mc)
         self.sigstop(r)
         try:
             # A write the stopped replica has not got: the switchover waits for it.
@@ -1425,7 +1629,7 @@ class FailoverTests(TcpCase):
 
     def test_failover_to_a_stopped_replica_rolls_back(self):
         m, r, mc, rc = self.pair()
-        self.require_failover(mc)
+        self.failover_abort(mc)
         pipeline(mc, [("SET", "pre:%d" % i, "p") for i in range(500)])
         self.wait_caught_up(mc, [rc])
         self.sigstop(r)
@@ -1457,6 +1661,90 @@ class FailoverTests(TcpCase):
         self.wait_caught_up(mc, [rc])
         self.assertEqual(info(rc)["role"], "slave")
         self.assertEqual(rc.call("GET", "after-rollback"), b"1")
+
+    def test_failover_force_hands_over_to_a_replica_behind_at_timeout(self):
+        m = self.start()
+        mc = self.connect(m)
+        px = self.proxy(m.port)
+        r = self.tcp_replica(px.port)
+        rc = self.connect(r)
+        self.wait_synced(rc, 20 * SLOW)
+        wait_until(lambda: "state=online" in info(mc).get("slave0", ""), 5 * SLOW,
+                   "the replica online on the master")
+        pipeline(mc, [("SET", "pre:%d" % i, "p") for i in range(500)])
+        self.wait_caught_up(mc, [rc])
+        px.hold = True  # the link stays up, but the replica gets nothing more
+        try:
+            self.assertEqual(mc.call("SET", "unsynced", "1"), "OK")
+            t0 = time.monotonic()
+            self.assertEqual(mc.call("FAILOVER", "TO", "127.0.0.1", str(r.port), "TIMEOUT",
+                                     "500", "FORCE"), "OK")
+            wait_until(lambda: info(rc)["role"] == "master", 5 * SLOW,
+                       "the replica promoted at the TIMEOUT, FORCE")
+            self.assertGreaterEqual(time.monotonic() - t0, 0.45, "handed over before TIMEOUT")
+            wait_until(lambda: info(mc)["role"] == "slave", 5 * SLOW,
+                       "the old master a replica of the new one")
+        finally:
+            px.hold = False
+        self.assertIn("FORCE", "\n".join(log_lines(m, "FAILOVER")))
+        # What the target had not got is lost, as FORCE says; the rest is there, and the old
+        # master follows the new one.
+        self.assertIsNone(rc.call("GET", "unsynced"))
+        self.assertEqual(rc.call("GET", "pre:499"), b"p")
+        self.assertEqual(rc.call("SET", "on-new-master", "1"), "OK")
+        wait_until(lambda: mc.call("GET", "on-new-master") == b"1", 10 * SLOW,
+                   "the old master to follow the new one")
+        self.wait_equal(rc, [mc])
+
+    def test_failover_rolls_back_when_the_target_refuses(self):
+        # A fake replica, caught up, whose "server" answers every command with an error: the
+        # switchover can't promote it and rolls back.
+        m = self.start(shards=2, threads=1)
+        mc = self.connect(m)
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(4)
+        ls.settimeout(0.1)
+        self.addCleanup(ls.close)
+        stop = threading.Event()
+        asked = []
+
+        def refuse():
+            t_end = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < t_end:
+                try:
+                    c, _ = ls.accept()
+                except (socket.timeout, OSError):
+                    continue
+                c.settimeout(2)
+                try:
+                    data = c.recv(4096)
+                    asked.append(data)
+                    c.sendall(b"-ERR refused by the test\r\n" * max(1, data.count(b"*")))
+                    time.sleep(0.2)
+                except OSError:
+                    pass
+                finally:
+                    c.close()
+
+        t = threading.Thread(target=refuse, daemon=True)
+        t.start()
+        self.addCleanup(lambda: (stop.set(), t.join(5)))
+        fake = FakeReplica(m.port, 2, {0, 1}, listen_port=ls.getsockname()[1])
+        self.addCleanup(fake.stop)
+        self.assertEqual(mc.call("SET", "k", "v"), "OK")
+        wait_until(lambda: "state=online" in info(mc).get("slave0", ""), 5 * SLOW,
+                   "the fake replica online")
+        self.assertEqual(mc.call("FAILOVER", "TO", "127.0.0.1", str(ls.getsockname()[1]),
+                                 "TIMEOUT", "3000"), "OK")
+        wait_until(lambda: any(b"NO" in a.upper() for a in asked), 5 * SLOW,
+                   "REPLICAOF NO ONE sent to the target")
+        wait_until(lambda: info(mc)["master_failover_state"] == "no-failover", 5 * SLOW,
+                   "the switchover to roll back")
+        self.assertEqual(info(mc)["role"], "master")
+        self.assertEqual(mc.call("SET", "after", "1"), "OK")
+        self.assertIn("rolled back", "\n".join(log_lines(m, "FAILOVER")))
+        self.assertIsNone(fake.error)
 
 
 if __name__ == "__main__":

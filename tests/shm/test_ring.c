@@ -110,6 +110,13 @@ Test(ring, oversized_record_refused)
     free(big);
 }
 
+/* A frame changed in place gets the check its new contents give, so that only the check a
+ * test aims at can refuse it (its payload must lie inside the ring). */
+static void seal(struct ring_frame *f)
+{
+    ring_frame_seal(f, f + 1);
+}
+
 Test(ring, corrupt_frames_are_refused_not_trusted)
 {
     ring_append_set(&m, 3, "key", 3, "value", 5, -1);
@@ -123,18 +130,32 @@ Test(ring, corrupt_frames_are_refused_not_trusted)
     /* A length inside the ring but past the published tail. */
     f->len = 4096;
     cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_CORRUPT);
-    /* SET lengths that do not add up. */
+    /* SET lengths that do not add up (the frame sealed again: only the lengths are wrong). */
     f->len = sizeof(struct ring_set) + 8;
     struct ring_set *h = (struct ring_set *)(f + 1);
     h->klen = 1000;
+    seal(f);
     cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_CORRUPT);
     /* A wrong position stamp, and an unknown type. */
     h->klen = 3;
     f->pos = 8;
+    seal(f);
     cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_CORRUPT);
     f->pos = 0;
     f->type = 77;
+    seal(f);
     cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_CORRUPT);
+    f->type = RING_SET;
+    seal(f);
+    cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_OK, "restored");
+    /* What only the check finds: a byte of the value, the check itself. */
+    ((char *)(h + 1))[4] ^= 1;
+    cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_CORRUPT, "a value byte");
+    ((char *)(h + 1))[4] ^= 1;
+    f->check[0] ^= 1;
+    cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_CORRUPT, "the check");
+    f->check[0] ^= 1;
+    cr_assert_eq(ring_read(&m, 3, 0, &buf, &cap, &r), RING_OK, "restored");
     /* A misaligned or future position. */
     cr_assert_eq(ring_read(&m, 3, 3, &buf, &cap, &r), RING_CORRUPT);
     cr_assert_eq(ring_read(&m, 3, 1 << 20, &buf, &cap, &r), RING_CORRUPT);
@@ -252,11 +273,13 @@ static void copy_raw(struct ring_map *dst, const struct ring_map *src, uint32_t 
     }
 }
 
-/* Write one frame (header and payload) at position pos of shard s, unpublished. */
+/* Write one frame (header and payload, with its check) at position pos of shard s,
+ * unpublished. */
 static void put_frame(struct ring_map *r, uint32_t s, uint64_t pos, uint8_t type, uint32_t len,
                       const void *payload, size_t n)
 {
     struct ring_frame f = {.pos = pos, .len = len, .type = type};
+    ring_frame_seal(&f, payload);
     cr_assert_eq(ring_write_raw(r, s, pos, &f, sizeof(f)), 0);
     if (n)
         cr_assert_eq(ring_write_raw(r, s, pos + sizeof(f), payload, n), 0);
@@ -426,22 +449,28 @@ Test(ring, check_frames_accepts_whole_frames_rejects_bad_ones)
     cr_assert_not(ring_check_frames(&m, 3, 0, e3));
     cr_assert_not(ring_check_frames(&m, 3, e0, e1));
     f1->pos = e0 + size; /* the same offset a lap later */
+    seal(f1);
     cr_assert_not(ring_check_frames(&m, 3, e0, e1));
     cr_assert(ring_check_frames(&m, 3, e0 + size, e1 + size), "valid where it is stamped");
     f1->pos = e0;
+    seal(f1);
     cr_assert(ring_check_frames(&m, 3, 0, e3));
 
     /* A length that runs past the end of the run (frames inside the ring, payloads valid). */
     f1->len = 40; /* a DEL of 40 bytes: ends at e0 + 64, past e1 */
+    seal(f1);
     cr_assert_not(ring_check_frames(&m, 3, 0, e1));
     cr_assert_not(ring_check_frames(&m, 3, e0, e1));
     f1->len = 3;
+    seal(f1);
     f3->len = sizeof(struct ring_set) + 32; /* a consistent SET that ends past e3 */
     h3->vlen = 30;
+    seal(f3);
     cr_assert_not(ring_check_frames(&m, 3, 0, e3));
     cr_assert_not(ring_check_frames(&m, 3, e2, e3));
     f3->len = sizeof(struct ring_set) + 3;
     h3->vlen = 1;
+    seal(f3);
     cr_assert(ring_check_frames(&m, 3, 0, e3));
 
     /* A length past the end of the ring, or longer than any record may be. */
@@ -454,35 +483,60 @@ Test(ring, check_frames_accepts_whole_frames_rejects_bad_ones)
     f0->len = (uint32_t)ring_max_payload(&m) + 16; /* fits before the end of the ring */
     cr_assert_not(ring_check_frames(&m, 3, 0, (16 + f0->len + 15) & ~15u));
     f0->len = 32;
+    seal(f0);
     cr_assert(ring_check_frames(&m, 3, 0, e3), "the same frame as a DEL of 32 bytes is fine");
     f0->type = RING_SET;
+    f0->len = sizeof(struct ring_set) + 8;
 
     /* SET lengths that do not add up. */
     h0->klen = 4;
+    seal(f0);
     cr_assert_not(ring_check_frames(&m, 3, 0, e0));
     h0->klen = 3;
     h0->vlen = 4;
+    seal(f0);
     cr_assert_not(ring_check_frames(&m, 3, 0, e0));
     h0->klen = UINT32_MAX; /* klen + vlen = 8 in 32 bits */
     h0->vlen = 9;
+    seal(f0);
     cr_assert_not(ring_check_frames(&m, 3, 0, e0));
     h0->klen = 3;
     h0->vlen = 5;
     f0->len = 8; /* shorter than a SET header */
+    seal(f0);
     cr_assert_not(ring_check_frames(&m, 3, 0, 32));
     f0->len = sizeof(struct ring_set) + 8;
+    seal(f0);
     cr_assert(ring_check_frames(&m, 3, 0, e3));
 
     /* A FLUSH with a payload, and unknown types. */
     f2->len = 16;
+    seal(f2);
     cr_assert_not(ring_check_frames(&m, 3, e1, e1 + 32));
     f2->len = 0;
     f2->type = 77;
+    seal(f2);
     cr_assert_not(ring_check_frames(&m, 3, 0, e3));
     cr_assert_not(ring_check_frames(&m, 3, e1, e2));
     f2->type = 4;
+    seal(f2);
     cr_assert_not(ring_check_frames(&m, 3, e1, e2));
     f2->type = RING_FLUSH;
+    seal(f2);
+    cr_assert(ring_check_frames(&m, 3, 0, e3), "every frame restored");
+
+    /* Changes only the check finds: a DEL one byte shorter (it still fits its padding and
+     * would delete another key), one byte of a value, the check itself. */
+    f1->len = 2;
+    cr_assert_not(ring_check_frames(&m, 3, e0, e1), "a DEL one byte short");
+    f1->len = 3;
+    cr_assert(ring_check_frames(&m, 3, e0, e1));
+    ((char *)(h0 + 1))[3] ^= 1; /* "value" -> "walue" */
+    cr_assert_not(ring_check_frames(&m, 3, 0, e0), "a value byte");
+    ((char *)(h0 + 1))[3] ^= 1;
+    f2->check[1] ^= 0x40;
+    cr_assert_not(ring_check_frames(&m, 3, e1, e2), "the check");
+    f2->check[1] ^= 0x40;
     cr_assert(ring_check_frames(&m, 3, 0, e3), "every frame restored");
 
     /* The checked bytes are what a reader gets. */
