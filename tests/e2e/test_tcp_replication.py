@@ -6,7 +6,8 @@ partial resync of the other replicas (behind: partial; ahead: full), REPLICAOF a
 a master restart, a lapped replica, a replica behind a slow lossy link in a network namespace
 (netem delay and loss; where the kernel has no netem, a token bucket with a short queue, which
 delays and drops), garbage and truncated frames on the replication socket in both directions,
-FAILOVER, and writes on several shards and WAIT with two replicas that each hold one shard.
+FAILOVER (FORCE, a target that refuses), the reconnect backoff, a replica kept 300 ms behind
+(lag_us), and writes on several shards and WAIT with two replicas that each hold one shard.
 
 Every replica is started with --repl-transport tcp (auto would pick shared memory on the same
 host).  Every server runs on 127.0.0.1 and a free port, or in a network namespace this file
@@ -1422,6 +1423,40 @@ class SameReplicasForEveryPart(TcpCase):
         self.assertEqual(int(info(self.mc)["sync_timeouts"]), before)
         for f in self.fakes:
             self.assertIsNone(f.error)
+
+
+class ReconnectBackoff(TcpCase):
+    """A replica whose master hangs up on it at once tries again after 100 ms, then twice as
+    long each time, up to 2 s (net/repl_replica.c), on the main thread's 100 ms tick."""
+
+    def test_reconnects_back_off_exponentially(self):
+        ls = socket.socket()
+        ls.bind(("127.0.0.1", 0))
+        ls.listen(16)
+        ls.settimeout(0.05)
+        self.addCleanup(ls.close)
+        times = []
+        r = self.tcp_replica(ls.getsockname()[1])
+        rc = self.connect(r)
+        t_end = time.monotonic() + 10
+        while time.monotonic() < t_end and len(times) < 9:  # bounded in time and count
+            try:
+                c, _ = ls.accept()
+            except socket.timeout:
+                continue
+            times.append(time.monotonic())
+            c.close()
+        # The first two connections come together: the start-up's question (RINGKV.SHMINFO,
+        # for the shard count) and the first attach.
+        gaps = [b - a for a, b in zip(times[1:], times[2:])]
+        self.assertGreaterEqual(len(gaps), 6, "attempts at %s" % times)
+        # 100, 200, 400, 800, 1600, then 2000 ms, each give or take a tick (and the
+        # attempt's own time).
+        want = [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0]
+        for i, g in enumerate(gaps):
+            self.assertGreater(g, want[i] - 0.06, "gaps %s" % gaps)
+            self.assertLess(g, want[i] + 0.35 * SLOW, "gaps %s" % gaps)
+        self.assertEqual(info(rc)["master_link_status"], "down")
 
 
 class LagOfAReplicaAlwaysBehind(TcpCase):
