@@ -738,6 +738,10 @@ void srv_wait(struct conn *c, struct req *req)
         reply_now_error(c, req, "ERR timeout is negative");
         return;
     }
+    if (timeout > INT64_MAX - c->w->now_ms) {
+        reply_now_error(c, req, "ERR timeout is out of range");
+        return;
+    }
     if (repl_is_replica()) {
         reply_now_error(c, req,
                         "ERR WAIT cannot be used with replica instances. Please also "

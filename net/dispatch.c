@@ -475,10 +475,20 @@ bool dispatch_combine(struct conn *c, struct slot *s)
         sync_norepl(&r);
         return true;
     }
-    for (int i = 0; i < s->nparts; i++) {
-        if (s->parts[i].ps.refused) {
-            buf_append(&s->out, s->parts[i].b.p, s->parts[i].b.len);
-            return true;
+    if (s->sync_unblocked) {
+        /* Redis's answer to a WAIT blocked when its server turns into a replica. */
+        reply_error(&r, "UNBLOCKED force unblock from blocking operation, instance state "
+                        "changed (master -> replica?)");
+        return true;
+    }
+    /* A part refused under sync-fallback error is the reply, where the combined reply would
+     * not carry the parts' own bytes. */
+    if (s->comb == COMB_OK || s->comb == COMB_SUM || s->comb == COMB_MSETNX) {
+        for (int i = 0; i < s->nparts; i++) {
+            if (s->parts[i].ps.refused) {
+                buf_append(&s->out, s->parts[i].b.p, s->parts[i].b.len);
+                return true;
+            }
         }
     }
     switch (s->comb) {
@@ -640,7 +650,9 @@ void dispatch_wait(struct conn *c, struct req *req, long long need, long long ti
 {
     struct slot *sl = conn_slot_new(c, (int)srv.nshards, COMB_WAIT, req->proto, req->crlf);
     sl->wait_need = need;
-    sl->wait_deadline = timeout_ms > 0 ? c->w->now_ms + timeout_ms : INT64_MAX;
+    sl->wait_deadline = timeout_ms > 0 && timeout_ms <= INT64_MAX - c->w->now_ms
+                            ? c->w->now_ms + timeout_ms
+                            : INT64_MAX;
     sl->remaining++;
     for (uint32_t s = 0; s < srv.nshards; s++) {
         struct worker *o = shard_owner(s);

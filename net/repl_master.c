@@ -184,9 +184,10 @@ int repl_init(void)
         return 0;
     }
     int rc = ring_map_create(&repl.log, srv.nshards, (size_t)cfg.repl_ring_size, repl.replid);
-    repl.lagh = rk_calloc(srv.nshards, sizeof(struct lag_hist));
-    if (rc == 0)
+    if (rc == 0) {
+        repl.lagh = rk_calloc(srv.nshards, sizeof(struct lag_hist));
         rc = ctl_create(&repl.ctl, srv.nshards, (uint32_t)srv.nworkers);
+    }
     if (rc < 0) {
         rk_log(RK_LOG_WARNING, "can't create the replication log: %s", strerror(-rc));
         return -1;
@@ -558,9 +559,18 @@ void repl_lag_sample(uint32_t s, uint64_t tail, uint64_t now_ns)
     uint32_t n = h->n; /* only this thread writes it */
     if (n) {
         uint32_t last = (n - 1) % LAG_HIST;
-        if (__atomic_load_n(&h->pos[last], __ATOMIC_RELAXED) == tail ||
-            now_ns - __atomic_load_n(&h->ns[last], __ATOMIC_RELAXED) < LAG_SAMPLE_NS)
+        uint64_t p = __atomic_load_n(&h->pos[last], __ATOMIC_RELAXED);
+        if (p == tail)
             return;
+        if (tail < p) {
+            /* The log starts again lower (a full sync reset it): so does its history. */
+            n = 0;
+        } else if (now_ns - __atomic_load_n(&h->ns[last], __ATOMIC_RELAXED) < LAG_SAMPLE_NS) {
+            /* Too soon for a sample of its own: the last one covers these bytes too (their
+             * age is overstated by less than LAG_SAMPLE_NS, never understated). */
+            __atomic_store_n(&h->pos[last], tail, __ATOMIC_RELAXED);
+            return;
+        }
     }
     uint32_t i = n % LAG_HIST;
     __atomic_store_n(&h->pos[i], tail, __ATOMIC_RELAXED);
@@ -584,7 +594,10 @@ int64_t repl_lag_us(uint32_t s, uint64_t applied, uint64_t tail, uint64_t now_ns
     bool found = false;
     for (uint32_t k = 0; k < keep; k++) {
         uint32_t i = (n - keep + k) % LAG_HIST;
-        if (__atomic_load_n(&h->pos[i], __ATOMIC_RELAXED) > applied) {
+        uint64_t p = __atomic_load_n(&h->pos[i], __ATOMIC_RELAXED);
+        if (p > tail)
+            continue; /* from before the log started again */
+        if (p > applied) {
             ns = __atomic_load_n(&h->ns[i], __ATOMIC_RELAXED);
             found = k > 0 || n <= keep; /* k == 0 of a full window: it may be older still */
             break;

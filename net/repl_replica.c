@@ -886,11 +886,12 @@ void repl_replica_pass(struct worker *w)
             (void)n;
         }
     } else if (ring_master) {
-        /* Our applied positions are stored before we look at the master's flags. */
+        /* Our applied positions are stored before we look at the master's flags.  Every
+         * waiting worker, not only the owners of the shards we advanced: a reply whose parts
+         * are on several shards, or a WAIT, waits on its connection's worker. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         for (int m = 0; m < L->master_workers; m++) {
-            if (!(ring_master & (1ull << m)) ||
-                !__atomic_load_n(&L->ctl.hdr->ack_waiting[m], __ATOMIC_RELAXED))
+            if (!__atomic_load_n(&L->ctl.hdr->ack_waiting[m], __ATOMIC_RELAXED))
                 continue;
             __atomic_store_n(&L->ctl.hdr->ack_waiting[m], 0, __ATOMIC_RELAXED);
             uint64_t one = 1;

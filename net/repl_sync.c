@@ -398,19 +398,46 @@ static long long slot_holders(const struct slot *sl)
     return n;
 }
 
-/* Is sl's wait over at now (ms)?  Sets what its reply then says (wait_count, sync_failed). */
-static bool slot_decided(struct slot *sl, int64_t now)
+enum slot_verdict { SLOT_WAIT, SLOT_READY, SLOT_TIMED_OUT, SLOT_UNBLOCKED };
+
+/* What sl's wait (on connection c) comes to at now (ms), changing nothing; *count gets a
+ * WAIT's answer. */
+static enum slot_verdict slot_verdict(const struct slot *sl, const struct conn *c, int64_t now,
+                                      long long *count)
 {
+    *count = 0;
+    if (c->closing)
+        return SLOT_READY; /* nobody to answer: finish it, the reply is dropped */
+    if (repl_is_replica()) /* demoted: no replica of ours will confirm anything now */
+        return sl->comb == COMB_WAIT ? SLOT_UNBLOCKED : SLOT_TIMED_OUT;
     if (sl->comb == COMB_WAIT) {
-        sl->wait_count = slot_holders(sl);
-        return sl->wait_count >= sl->wait_need || now >= sl->wait_deadline;
+        *count = slot_holders(sl);
+        return *count >= sl->wait_need || now >= sl->wait_deadline ? SLOT_READY : SLOT_WAIT;
     }
     if (!sync_active() || slot_holders(sl) >= cfg_sync_replicas())
-        return true;
-    if (now < sl->wait_deadline)
+        return SLOT_READY;
+    return now < sl->wait_deadline ? SLOT_WAIT : SLOT_TIMED_OUT;
+}
+
+/* Is sl's wait over?  Then sets what its reply says (wait_count, sync_failed and
+ * sync_timeouts, sync_unblocked). */
+static bool slot_decided(struct slot *sl, const struct conn *c, int64_t now)
+{
+    long long count;
+    switch (slot_verdict(sl, c, now, &count)) {
+    case SLOT_WAIT:
         return false;
-    sl->sync_failed = true;
-    __atomic_add_fetch(&repl.sync_timeouts, 1, __ATOMIC_RELAXED);
+    case SLOT_READY:
+        sl->wait_count = count;
+        return true;
+    case SLOT_TIMED_OUT:
+        sl->sync_failed = true;
+        __atomic_add_fetch(&repl.sync_timeouts, 1, __ATOMIC_RELAXED);
+        return true;
+    case SLOT_UNBLOCKED:
+        sl->sync_unblocked = true;
+        return true;
+    }
     return true;
 }
 
@@ -419,7 +446,7 @@ bool sync_slot_gate(struct conn *c, struct slot *sl)
     int acked_parts = 0;
     int64_t deadline = INT64_MAX;
     if (sl->comb != COMB_WAIT) {
-        if (sl->nparts < 2)
+        if (sl->nparts < 2 || !sync_active())
             return false;
         for (int i = 0; i < sl->nparts; i++) {
             const struct part_sync *ps = &sl->parts[i].ps;
@@ -436,7 +463,7 @@ bool sync_slot_gate(struct conn *c, struct slot *sl)
         sl->wait_deadline = deadline;
     }
     struct worker *w = c->w;
-    if (slot_decided(sl, w->now_ms))
+    if (slot_decided(sl, c, w->now_ms))
         return false;
     c->refs++;
     sl->sync_conn = c;
@@ -450,7 +477,7 @@ static void progress_slots(struct worker *w)
 {
     struct slot **pp = &w->sync_slots, *sl;
     while ((sl = *pp)) {
-        if (!slot_decided(sl, w->now_ms)) {
+        if (!slot_decided(sl, sl->sync_conn, w->now_ms)) {
             pp = &sl->sync_next;
             continue;
         }
@@ -493,8 +520,9 @@ bool sync_busy(struct worker *w)
         if (ss->head && ss->head->kind == HELD_CMD && acked(s, log_tail(s)) >= need)
             return true;
     }
+    long long count;
     for (struct slot *sl = w->sync_slots; sl; sl = sl->sync_next)
-        if (slot_decided(sl, w->now_ms))
+        if (slot_verdict(sl, sl->sync_conn, w->now_ms, &count) != SLOT_WAIT)
             return true;
     return false;
 }

@@ -107,6 +107,7 @@ struct slot {
     long long wait_count;
     int64_t wait_deadline;   /* ms, INT64_MAX: none */
     bool sync_failed;        /* not confirmed in time: sync-fallback applies to the reply */
+    bool sync_unblocked;     /* COMB_WAIT: this server became a replica meanwhile */
     struct slot *sync_next;  /* on the worker's list of such slots */
     struct conn *sync_conn;
     struct part parts[];
@@ -178,6 +179,8 @@ struct worker {
     struct ks_stats ks; /* keyspace counters (owner writes relaxed) */
     struct worker_stats stats;
     struct __kernel_timespec tick;
+    struct __kernel_timespec hurry_ts; /* hurry_timer's */
+    bool tick_fast;                    /* the armed tick is the 10 ms (or faster) one */
     bool timer_armed;
     bool stop;
     struct buf scratch;     /* replies to other workers' requests are built here */

@@ -468,9 +468,24 @@ static void arm_timer(struct worker *w)
     w->tick.tv_sec = 0;
     w->tick.tv_nsec =
         w->walk_paced ? REPL_WALK_PERIOD_US * 1000L : (w->sync_held ? 10 : TICK_MS) * 1000000L;
+    w->tick_fast = w->tick.tv_nsec <= 10 * 1000000L;
     struct io_uring_sqe *sqe = get_sqe(w);
     io_uring_prep_timeout(sqe, &w->tick, 0, 0);
     io_uring_sqe_set_data64(sqe, UD(NULL, UD_TIMER));
+}
+
+/* Replies began to wait for replicas while the armed tick is the slow one: bring it to 10 ms
+ * from now (IORING_OP_TIMEOUT_REMOVE with IORING_TIMEOUT_UPDATE), so that a sync-timeout or a
+ * WAIT's timeout is not kept waiting up to TICK_MS.  Had the tick just fired, the update
+ * finds nothing, and arm_timer picks the fast period anyway. */
+static void hurry_timer(struct worker *w)
+{
+    w->hurry_ts.tv_sec = 0;
+    w->hurry_ts.tv_nsec = 10 * 1000000L;
+    struct io_uring_sqe *sqe = get_sqe(w);
+    io_uring_prep_timeout_update(sqe, &w->hurry_ts, UD(NULL, UD_TIMER), 0);
+    io_uring_sqe_set_data64(sqe, UD(NULL, UD_IGNORE));
+    w->tick_fast = true;
 }
 
 /* Every 100 ms: active expiry and resize work on our shards, idle clients, stop requests. */
@@ -720,10 +735,12 @@ static void *worker_main(void *arg)
         if (stamp)
             ring_set_clock(rk_mono_ns());
         drain_xrings(w);
-        if (!repl_is_replica()) {
+        if (!repl_is_replica())
             repl_master_pass(w);
-            sync_progress(w);
-        }
+        /* On a replica too: what waited when this server was demoted is answered. */
+        sync_progress(w);
+        if (w->sync_held > 0 && !w->tick_fast)
+            hurry_timer(w);
         flush_dirty(w);
         ring_bells(w);
         if (w->stop || __atomic_load_n(&srv.stop, __ATOMIC_RELAXED))

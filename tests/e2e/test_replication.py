@@ -742,6 +742,66 @@ class Replication(ReplicationCase):
         self.assertLess(time.monotonic() - t0, 1.9)
         self.assertEqual(rc.call("GET", "w2"), b"v")
 
+    def test_13b_wait_answers_promptly_and_lets_go(self):
+        # A same-host replica that resumes wakes the worker a WAIT waits on, whichever worker
+        # owns the shards it applied (two workers, eight shards: usually another one).
+        m = self.start(shards=8, threads=2)
+        r = self.replica(m, threads=1)
+        mc, rc = self.connect(m), self.connect(r)
+        self.wait_synced(rc)
+        slow = []
+        for i in range(12):
+            self.sigstop(r)
+            try:
+                self.assertEqual(mc.call("SET", "p:%d" % i, "v"), "OK")
+                mc.send(resp("WAIT", "1", "5000"))
+                time.sleep(0.03)
+            finally:
+                self.sigcont(r)
+            t0 = time.monotonic()
+            self.assertEqual(parse(mc.read_reply()), 1)
+            slow.append(round((time.monotonic() - t0) * 1000, 1))
+        self.assertLessEqual(sum(1 for x in slow if x > 40), 1,
+                             "ms from the replica's SIGCONT to WAIT's answer: %s" % slow)
+        # A short timeout is kept to about 10 ms, not the 100 ms tick.
+        self.sigstop(r)
+        try:
+            self.assertEqual(mc.call("SET", "short", "v"), "OK")
+            took = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                self.assertEqual(mc.call("WAIT", "1", "20"), 0)
+                took.append(time.monotonic() - t0)
+            took.sort()
+            self.assertGreaterEqual(took[0], 0.019)
+            self.assertLess(took[2], 0.07, "WAIT 1 20 took %s s" % took)
+        finally:
+            self.sigcont(r)
+        # A timeout too large for the clock is refused, as Redis does.
+        self.assertEqual(mc.call("WAIT", "1", str(2 ** 63 - 1)), Error("ERR timeout is out of range"))
+        # Clients that leave while their WAIT can never be answered leave nothing behind.
+        fds0 = len(os.listdir("/proc/%d/fd" % m.pid))
+        for _ in range(20):
+            c = m.conn(5)
+            c.send(resp("WAIT", "5", "0"))
+            time.sleep(0.01)
+            c.close()
+        wait_until(lambda: len(os.listdir("/proc/%d/fd" % m.pid)) <= fds0, 5,
+                   "the master's descriptors back to %d" % fds0)
+        self.assertEqual(info(mc, "clients")["connected_clients"], "1")
+        # A WAIT pending when its server becomes a replica is answered as Redis does; what
+        # follows it on the connection is answered too.
+        other = self.start(threads=1)
+        w = m.conn(10)
+        w.send(resp("WAIT", "5", "0") + resp("PING"))
+        time.sleep(0.1)
+        self.assertEqual(mc.call("REPLICAOF", "127.0.0.1", str(other.port)), "OK")
+        rep = parse(w.read_reply())
+        self.assertIsInstance(rep, Error)
+        self.assertTrue(rep.startswith("UNBLOCKED"), rep)
+        self.assertEqual(parse(w.read_reply()), "PONG")
+        w.close()
+
     def test_14_smallest_gap_before_the_ring_end(self):
         # A shard's tail can stop one alignment unit before its ring's end (8 bytes with 8-byte
         # frame alignment, 16 with 16).  The next frame must then start at offset 0 again,
