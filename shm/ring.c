@@ -150,6 +150,8 @@ size_t ring_max_payload(const struct ring_map *m)
 }
 
 /* Append one frame whose payload is the concatenation of up to three pieces. */
+#define APPEND_STAGE 256 /* payloads up to this are staged on the stack (append) */
+
 uint32_t ring_frame_check(const struct ring_frame *f, const void *payload)
 {
     uint64_t seed = f->pos ^ ((uint64_t)f->len << 32) ^ ((uint64_t)f->type << 24);
@@ -199,14 +201,21 @@ static uint64_t append(struct ring_map *m, uint32_t s, uint8_t type, const void 
         off = 0;
     }
     struct ring_frame f = {.pos = start, .len = (uint32_t)plen, .type = type};
-    char *p = data + off + sizeof(f);
+    /* The payload is put together on the stack, hashed there and copied to the ring once:
+     * hashing it in the ring would read back lines whose stores still wait for their cache
+     * misses (measured: the hash then cost more than the rest of the append).  Large
+     * payloads are hashed in the ring. */
+    char stage[APPEND_STAGE];
+    char *p = plen <= sizeof(stage) ? stage : data + off + sizeof(f);
     if (n1)
         memcpy(p, p1, n1);
     if (n2)
         memcpy(p + n1, p2, n2);
     if (n3)
         memcpy(p + n1 + n2, p3, n3);
-    ring_frame_seal(&f, p); /* over the bytes just written, still in this CPU's cache */
+    ring_frame_seal(&f, p);
+    if (p == stage)
+        memcpy(data + off + sizeof(f), stage, plen);
     memcpy(data + off, &f, sizeof(f));
     /* Release: the frame's bytes are visible before the tail that covers them. */
     __atomic_store_n(&sh->tail_ns, ring_clock_ns, __ATOMIC_RELAXED);
