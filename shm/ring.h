@@ -30,7 +30,9 @@
  * garbage, but not all: a DEL frame's length one byte shorter still fits its padding and would
  * delete another key.  A reader that finds a frame whose check does not match treats it like
  * any corrupt frame (RING_CORRUPT: resynchronise); a TCP replica checks every frame of a
- * committed range before it publishes it (ring_check_frames).
+ * committed range before it publishes it (ring_check_frames).  ring_read checks frames of a
+ * log it maps from another process only: the owner's own log was written, or checked, by
+ * itself.
  *
  * RECORDS are idempotent: SET (key, value, absolute deadline in ms or -1), DEL (key), FLUSH.
  * Replaying any suffix of a shard's log over the state that shard had at the suffix's start
