@@ -34,7 +34,8 @@
  * earliest deadline of its parts; then sync-fallback applies to the whole reply.
  *
  * WAIT numreplicas timeout runs on every shard (a part per shard, in order behind the
- * connection's earlier commands there), which answers at once with its log's end; the slot
+ * connection's earlier commands there, and behind the commands waiting in the shard's queue
+ * if any), which answers with its log's end; the slot
  * then waits as above until numreplicas replicas hold every shard's end, or the timeout, and
  * answers how many do: never more than Redis's WAIT would.
  */
@@ -288,13 +289,30 @@ void sync_exec(struct worker *w, uint32_t s, uint64_t hash, ks_cmd_fn *fn, int a
     run_now(w, ss, s, hash, fn, argc, argv, proto, crlf, t, NULL);
 }
 
-void sync_wait_part(struct worker *w, uint32_t s, const struct sync_target *t)
+static void wait_part_now(struct worker *w, uint32_t s, const struct sync_target *t)
 {
     struct part_sync ps = {.state = PART_SYNC_ACKED,
                            .shard = s,
                            .pos = repl_logging() ? ring_tail(&repl.log, s) : 0,
                            .deadline = INT64_MAX};
     sync_deliver(w, t, NULL, 0, 0, 0, &ps);
+}
+
+void sync_wait_part(struct worker *w, uint32_t s, const struct sync_target *t)
+{
+    struct shard_sync *ss = ss_of(w, s);
+    if (ss->cmds > 0) {
+        /* Commands wait in the shard's queue, maybe this connection's: the log's end is
+         * taken once they have run (an entry without fn, answered at the head). */
+        struct held *h = held_new(w, ss, HELD_CMD, t, PROTO_RESP, 0);
+        h->fn = NULL;
+        h->argc = 0;
+        h->deadline = INT64_MAX;
+        ss->cmds++;
+        w->sync_held++;
+        return;
+    }
+    wait_part_now(w, s, t);
 }
 
 void sync_norepl(struct reply *r)
@@ -347,6 +365,15 @@ static void progress_shard(struct worker *w, uint32_t s, struct shard_sync *ss)
             release_reply(w, h, s, !ok);
             held_free(w, h);
             w->sync_held--;
+        } else if (!h->fn) {
+            /* A WAIT part: everything before it has run, its writes are in the log. */
+            ss->head = h->next;
+            if (!ss->head)
+                ss->tail = NULL;
+            ss->cmds--;
+            w->sync_held--;
+            wait_part_now(w, s, &h->t);
+            held_free(w, h);
         } else {
             /* A command waits until every write logged so far is acknowledged. */
             bool ok = async || ack_count(&v, log_tail(s)) >= need ||

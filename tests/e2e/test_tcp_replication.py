@@ -1291,6 +1291,7 @@ class FakeReplica:
     def __init__(self, port, nshards, covered, delay_s=0.0, listen_port=1):
         self.covered = set(covered)
         self.delay_s = delay_s  # acknowledge what it had received this long ago
+        self.cap = None         # acknowledge no position past this one (one shard's log)
         self.nsh = nshards
         self.base = [0] * nshards
         self.sent = [0] * nshards
@@ -1344,6 +1345,8 @@ class FakeReplica:
                         break
                 acks = [sent[k] if k in self.covered else self.base[k]
                         for k in range(self.nsh)]
+                if self.cap is not None:
+                    acks = [min(a, self.cap) for a in acks]
                 body = b"".join(struct.pack("<QQ", a, a) for a in acks)
                 self.sock.sendall(wire(W_ACK, self.nsh, 0, 16 * self.nsh) + body)
         except OSError as e:
@@ -1457,6 +1460,40 @@ class ReconnectBackoff(TcpCase):
             self.assertGreater(g, want[i] - 0.06, "gaps %s" % gaps)
             self.assertLess(g, want[i] + 0.35 * SLOW, "gaps %s" % gaps)
         self.assertEqual(info(rc)["master_link_status"], "down")
+
+
+class WaitBehindQueuedCommands(TcpCase):
+    """WAIT counts the writes of the commands before it on its connection, even those still
+    waiting in a shard's queue when the WAIT arrives (sync mode: an INCR queued behind a held
+    SET)."""
+
+    def test_wait_after_a_queued_incr_counts_the_incr(self):
+        m = self.start(shards=1, threads=1)
+        mc = self.connect(m)
+        fake = FakeReplica(m.port, 1, {0})
+        self.addCleanup(fake.stop)
+        wait_until(lambda: "state=online" in info(mc).get("slave0", ""), 5 * SLOW,
+                   "the fake replica online")
+        for k, v in (("sync-mode", "sync"), ("sync-timeout", "1000"), ("sync-fallback", "async")):
+            self.assertEqual(mc.call("CONFIG", "SET", k, v), "OK")
+        self.assertEqual(mc.call("SET", "k", "1"), "OK")
+        off = int(info(mc)["master_repl_offset"])
+        # One shard: the offset is its log's end.  "SET k 2" is one 48-byte frame (16-byte
+        # header, 16-byte SET header, key and value, padded to 16); the replica holds it and
+        # nothing after.
+        fake.cap = off + 48
+        before = int(info(mc)["sync_timeouts"])
+        t0 = time.monotonic()
+        mc.send(resp("SET", "k", "2") + resp("INCR", "k") + resp("WAIT", "1", "3000"))
+        self.assertEqual(parse(mc.read_reply()), "OK")
+        self.assertEqual(parse(mc.read_reply()), 3)  # at sync-timeout, by the fallback
+        # The INCR's write is past what the replica holds: WAIT waits out its timeout and
+        # answers 0.  (Taking the log's end when it arrived, before the INCR had run, it
+        # answered 1.)
+        self.assertEqual(parse(mc.read_reply()), 0)
+        self.assertGreaterEqual(time.monotonic() - t0, 2.9)
+        self.assertEqual(int(info(mc)["sync_timeouts"]), before + 1)
+        self.assertIsNone(fake.error)
 
 
 class LagOfAReplicaAlwaysBehind(TcpCase):
