@@ -370,29 +370,29 @@ void dispatch_remote_request(struct worker *w, int from, const void *msg, size_t
         buf_free(&w->scratch);
 }
 
-void dispatch_remote_reply(struct worker *w, const void *msg, size_t len)
+/* A part's reply from another worker (len: the record's bytes from rp on); ps or NULL. */
+static void remote_reply(struct worker *w, const struct xm_rep *rp, size_t len,
+                         const struct part_sync *ps)
 {
-    const struct xm_rep *rp = msg;
     rk_assert(len == sizeof(*rp) + rp->blen);
-    struct conn *c = rp->conn;
-    rk_assert(c->w == w);
-    c->refs--;
-    w->awaiting--;
-    conn_part_deliver(c, rp->slot, rp->part, rp->bytes, rp->blen, rp->ival, rp->nelem, NULL);
-    conn_release(c);
-}
-
-void dispatch_remote_reply_sync(struct worker *w, const void *msg, size_t len)
-{
-    const struct part_sync *ps = msg;
-    const struct xm_rep *rp = (const struct xm_rep *)(ps + 1);
-    rk_assert(len == sizeof(*ps) + sizeof(*rp) + rp->blen);
     struct conn *c = rp->conn;
     rk_assert(c->w == w);
     c->refs--;
     w->awaiting--;
     conn_part_deliver(c, rp->slot, rp->part, rp->bytes, rp->blen, rp->ival, rp->nelem, ps);
     conn_release(c);
+}
+
+void dispatch_remote_reply(struct worker *w, const void *msg, size_t len)
+{
+    remote_reply(w, msg, len, NULL);
+}
+
+void dispatch_remote_reply_sync(struct worker *w, const void *msg, size_t len)
+{
+    const struct part_sync *ps = msg;
+    rk_assert(len >= sizeof(*ps));
+    remote_reply(w, (const struct xm_rep *)(ps + 1), len - sizeof(*ps), ps);
 }
 
 /* ---- fan-out -------------------------------------------------------------------------------- */

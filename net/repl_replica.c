@@ -846,7 +846,7 @@ void repl_replica_pass(struct worker *w)
     if (!L)
         return;
     int k = L->slot;
-    uint64_t ring_master = 0; /* bit m: tell master worker m we advanced */
+    bool advanced = false; /* we applied something: tell whoever waits for it */
     for (uint32_t s = (uint32_t)w->id, i = 0; s < srv.nshards; s += (uint32_t)srv.nworkers, i++) {
         if (!w->rstarted[i]) {
             if (!__atomic_load_n(&ctl_start_set(&L->ctl, k)[s], __ATOMIC_ACQUIRE))
@@ -873,10 +873,10 @@ void repl_replica_pass(struct worker *w)
                 lag_sample(w, rk_mono_ns() - goal_ns);
             w->rpos[i] = pos;
             __atomic_store_n(&ctl_applied(&L->ctl, k)[s], pos, __ATOMIC_RELEASE);
-            ring_master |= L->self ? 1 : 1ull << (s % (uint32_t)L->master_workers);
+            advanced = true;
         }
     }
-    if (ring_master && L->self) {
+    if (advanced && L->self) {
         /* The replication thread acknowledges what we applied: wake it if it sleeps. */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (__atomic_load_n(&repl_rx_waiting, __ATOMIC_RELAXED)) {
@@ -885,7 +885,7 @@ void repl_replica_pass(struct worker *w)
             ssize_t n = write(repl_tcp_efd, &one, sizeof(one));
             (void)n;
         }
-    } else if (ring_master) {
+    } else if (advanced) {
         /* Our applied positions are stored before we look at the master's flags.  Every
          * waiting worker, not only the owners of the shards we advanced: a reply whose parts
          * are on several shards, or a WAIT, waits on its connection's worker. */
